@@ -1,0 +1,135 @@
+"""The database schema as an ordered list of migrations.
+
+Migration N (1-based) brings the database from `user_version` N-1 to N. Each runs
+in one transaction together with its `PRAGMA user_version`, so a crash or an
+error leaves the previous schema and version exactly as they were. Never edit a
+released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: plain statements, then an optional data-moving function.
+
+    Statements are run one by one (never through `executescript`, which would
+    commit the surrounding transaction first).
+    """
+
+    name: str
+    statements: tuple[str, ...] = ()
+    apply: Callable[[sqlite3.Connection], None] | None = None
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        for statement in self.statements:
+            conn.execute(statement)
+        if self.apply is not None:
+            self.apply(conn)
+
+
+INITIAL = Migration(
+    name="initial schema",
+    statements=(
+        # last_number is the per-repo run counter: deleting old runs never reuses a number.
+        """CREATE TABLE repos (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            url TEXT NOT NULL,
+            default_branch TEXT NOT NULL DEFAULT 'main',
+            last_number INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            repo_id INTEGER NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            ref BLOB NOT NULL,
+            sha TEXT NOT NULL,
+            before TEXT,
+            source TEXT NOT NULL,
+            trusted INTEGER NOT NULL,
+            pr_number INTEGER,
+            meta TEXT NOT NULL DEFAULT '[]',
+            received_at REAL NOT NULL
+        )""",
+        # NULL never equals NULL in a UNIQUE index, hence the expression for non-PR events.
+        """CREATE UNIQUE INDEX events_dedupe
+            ON events(repo_id, kind, ref, sha, COALESCE(pr_number, 0))""",
+        """CREATE TABLE event_sightings (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+            source TEXT NOT NULL,
+            seen_at REAL NOT NULL
+        )""",
+        "CREATE INDEX event_sightings_event ON event_sightings(event_id)",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            repo_id INTEGER NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+            number INTEGER NOT NULL,
+            event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            ref BLOB NOT NULL,
+            sha TEXT NOT NULL,
+            before TEXT,
+            source TEXT NOT NULL,
+            trusted INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            UNIQUE (repo_id, number)
+        )""",
+        "CREATE INDEX runs_queue ON runs(state, created_at, id)",
+        "CREATE INDEX runs_repo_state ON runs(repo_id, state)",
+        "CREATE INDEX runs_event ON runs(event_id)",
+        """CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            number INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            worker TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            lease_until REAL NOT NULL,
+            finished_at REAL,
+            reason TEXT NOT NULL DEFAULT '',
+            UNIQUE (run_id, number)
+        )""",
+        "CREATE INDEX attempts_lease ON attempts(state, lease_until)",
+        """CREATE TABLE steps (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            cell TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            exit_code INTEGER,
+            failure TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            started_at REAL,
+            finished_at REAL,
+            allowed_failure INTEGER NOT NULL DEFAULT 0,
+            tries INTEGER NOT NULL DEFAULT 1,
+            log_path TEXT NOT NULL DEFAULT '',
+            log_bytes INTEGER NOT NULL DEFAULT 0,
+            log_truncated INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (run_id, attempt, cell, idx)
+        )""",
+        """CREATE TABLE artifacts (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step_id INTEGER REFERENCES steps(id) ON DELETE SET NULL,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            stored_path TEXT NOT NULL
+        )""",
+        "CREATE INDEX artifacts_run ON artifacts(run_id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL,)
