@@ -1,0 +1,351 @@
+"""A per-step supervisor process: the subreaper that owns one step's processes.
+
+Why: a step can escape its process group and session (``setsid``, a double
+fork, a daemon) and keep its output pipe open after its shell exits. The
+supervisor is forked from ciwatch, marks itself a *child subreaper*
+(``prctl(PR_SET_CHILD_SUBREAPER)``) so every orphan of the step is re-parented
+to it instead of to init, starts the shell in a new session and reaps
+everything. At the end of the step, or when asked, it signals every descendant
+it has (found by walking ``/proc/*/stat`` by parent pid, repeated until it has
+no child left), so nothing the step started outlives it.
+
+It is a fork of a possibly multi-threaded parent, so the child only makes
+``os``/``select``/``signal`` calls on objects prepared before the fork: no
+imports, no locks, no logging, garbage collection off, and it never returns
+into the parent's code (``os._exit``). The shell itself is started with
+``posix_spawn`` (vfork-like, no copy of the parent's memory).
+
+Protocol. Parent -> supervisor, control pipe: ``T`` SIGTERM (then SIGCONT) to
+every descendant; ``K`` SIGKILL every descendant until none is left; end of file
+(the parent closed it, or died) acts as ``K``. Supervisor -> parent, status
+pipe, ASCII lines::
+
+    S <pid>             the shell started
+    E <errno> <stage>   it could not start (stage: chdir | spawn)
+    W <word>            a warning (no-subreaper)
+    X <wait status>     the shell exited
+    T <n>               SIGTERM sent to n processes (on request)
+    L <n>               the shell exited and left n processes: SIGTERM sent;
+                        SIGKILL follows after the grace period
+    K <n>               SIGKILL sent to n processes in all
+
+After the last line the supervisor exits: end of file on the status pipe means
+the step's processes are all gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import gc
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+PR_SET_CHILD_SUBREAPER = 36
+PIPE_SIZE = 1 << 20  # fewer wake-ups for a step that prints a lot
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    path: bytes  # the executable, already resolved
+    argv: tuple[bytes, ...]
+    env: Mapping[bytes, bytes]  # the complete environment
+    cwd: bytes
+    grace: float  # seconds between SIGTERM and SIGKILL for processes left behind
+
+
+@dataclass(frozen=True)
+class Event:
+    """One status line from the supervisor."""
+
+    kind: str  # S E W X T L K (see the module doc)
+    value: int = 0
+    word: str = ""
+
+
+def load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, or None where there is none (then no subreaper)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class Supervisor:
+    """The parent's handle on a running supervisor."""
+
+    def __init__(self, pid: int, out_fd: int, status_fd: int, ctl_fd: int) -> None:
+        self.pid = pid
+        self.out_fd = out_fd  # the step's stdout and stderr, merged
+        self.status_fd = status_fd
+        self._ctl_fd = ctl_fd
+        self._status_buf = b""
+        self._closed = False
+
+    def terminate(self) -> None:
+        self._send(b"T")
+
+    def kill(self) -> None:
+        self._send(b"K")
+
+    def _send(self, cmd: bytes) -> None:
+        try:
+            os.write(self._ctl_fd, cmd)
+        except OSError:
+            pass  # already gone: nothing left to signal
+
+    def read_events(self) -> list[Event] | None:
+        """Events ready on the status pipe; None once the supervisor has exited."""
+        chunk = os.read(self.status_fd, 4096)
+        if not chunk:
+            return None
+        self._status_buf += chunk
+        *lines, self._status_buf = self._status_buf.split(b"\n")
+        events = []
+        for line in lines:
+            kind, _, rest = line.decode("ascii", "replace").partition(" ")
+            value, _, word = rest.partition(" ")
+            try:
+                events.append(Event(kind, int(value), word))
+            except ValueError:
+                events.append(Event(kind, 0, rest))
+        return events
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Close our ends (the supervisor kills whatever is left on end of file)
+        and reap it. True if reaped within `timeout`; otherwise a background
+        thread reaps it later."""
+        if self._closed:
+            return True
+        self._closed = True
+        for fd in (self._ctl_fd, self.out_fd, self.status_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid:
+                return True
+            if time.monotonic() >= deadline:
+                threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def start(request: SpawnRequest, prctl: Callable[..., int] | None) -> Supervisor:
+    """Fork the supervisor, which starts the step's shell. Raises OSError when
+    the fork itself fails (pipes, process limit)."""
+    max_fd = os.sysconf("SC_OPEN_MAX")
+    sigdef = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+    handled = tuple(s for s in sigdef if callable(signal.getsignal(s)))
+    out_r, out_w = os.pipe()
+    ctl_r, ctl_w = os.pipe()
+    st_r, st_w = os.pipe()
+    try:
+        fcntl.fcntl(out_r, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (out_r, out_w, ctl_r, ctl_w, st_r, st_w):
+            os.close(fd)
+        raise
+    if pid == 0:  # the supervisor: never returns
+        code = 70
+        try:
+            code = _supervise(request, prctl, out_w, ctl_r, st_w, max_fd, sigdef, handled)
+        except BaseException:  # noqa: B036 - nothing may unwind into the parent's code
+            pass
+        finally:
+            os._exit(code)
+    for fd in (out_w, ctl_r, st_w):
+        os.close(fd)
+    return Supervisor(pid, out_r, st_r, ctl_w)
+
+
+# -- the child side: runs in the forked supervisor only ----------------------
+
+
+def _supervise(req, prctl, out_w, ctl_r, st_w, max_fd, sigdef, handled) -> int:
+    gc.disable()  # no finalizers of the parent's objects run here
+    for sig in handled:
+        signal.signal(sig, signal.SIG_DFL)  # no handler of the parent's runs here
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # the parent decides when the step stops
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # SIG_IGN would reap before we can wait
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    out_w, ctl_r, st_w = _keep_only((out_w, ctl_r, st_w), max_fd)
+
+    def report(line: bytes) -> None:
+        try:
+            os.write(st_w, line)
+        except OSError:
+            pass  # the parent is gone; we still clean up
+
+    if prctl is None or prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        report(b"W 0 no-subreaper\n")
+    try:
+        os.chdir(req.cwd)
+    except OSError as exc:
+        report(b"E %d chdir\n" % exc.errno)
+        return 0
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out_w, 1),
+        (os.POSIX_SPAWN_DUP2, out_w, 2),
+    ]
+    try:
+        shell = os.posix_spawn(
+            req.path,
+            list(req.argv),
+            req.env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=sigdef,
+            setsigmask=(),
+        )
+    except OSError as exc:
+        report(b"E %d spawn\n" % (exc.errno or 0))
+        return 0
+    os.close(out_w)  # only the step holds the output pipe now
+    report(b"S %d\n" % shell)
+    _watch(shell, ctl_r, report, req.grace)
+    return 0
+
+
+def _keep_only(fds, max_fd):
+    """Close every descriptor but `fds` (moved above 2 if needed); 0-2 -> /dev/null."""
+    kept = []
+    for fd in fds:
+        kept.append(fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+    low = 0
+    for fd in sorted(kept):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, max_fd)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    return kept
+
+
+def _watch(shell, ctl_r, report, grace) -> None:
+    me = os.getpid()
+    poller = select.poll()
+    poller.register(ctl_r, select.POLLIN)
+    try:
+        pidfd = os.pidfd_open(shell)
+        poller.register(pidfd, select.POLLIN)
+    except (OSError, AttributeError):
+        pidfd = -1  # older kernel: poll for the exit instead
+    status = None
+    ctl_open = True
+    killing = False
+    leftover_deadline = None
+    killed = set()
+    nap = 1  # ms; while waiting for processes to go, back off up to 10 ms
+    while True:
+        busy = killing or leftover_deadline is not None or pidfd < 0
+        if busy:
+            nap = min(nap * 2, 10)
+        for fd, _ in poller.poll(nap if busy else 500):
+            if fd == ctl_r:
+                cmd = os.read(ctl_r, 64) if ctl_open else b""
+                if not cmd:
+                    ctl_open = False
+                    poller.unregister(ctl_r)
+                    killing = True
+                elif b"K" in cmd:
+                    killing = True
+                elif b"T" in cmd and not killing:
+                    report(b"T %d\n" % len(_signal_tree(me, signal.SIGTERM)))
+            elif fd == pidfd:
+                poller.unregister(pidfd)
+                pidfd = -2
+        gone = False
+        while True:
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                gone = True
+                break
+            if pid == 0:
+                break
+            if pid == shell:
+                status = st
+                report(b"X %d\n" % st)
+        if gone:
+            break
+        if killing:
+            killed.update(_signal_tree(me, signal.SIGKILL))
+        elif status is not None and leftover_deadline is None:
+            report(b"L %d\n" % len(_signal_tree(me, signal.SIGTERM)))
+            leftover_deadline = time.monotonic() + grace
+        elif leftover_deadline is not None and time.monotonic() >= leftover_deadline:
+            killing = True
+    if killed:
+        report(b"K %d\n" % len(killed))
+
+
+def _descendants(me):
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fd = os.open("/proc/" + name + "/stat", os.O_RDONLY)
+            try:
+                data = os.read(fd, 512)
+            finally:
+                os.close(fd)
+            ppid = int(data[data.rfind(b")") + 2 :].split(b" ", 2)[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        children.setdefault(ppid, []).append(int(name))
+    found = []
+    stack = [me]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _signal_tree(me, sig):
+    pids = _descendants(me)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            if sig == signal.SIGTERM:
+                os.kill(pid, signal.SIGCONT)  # a stopped process gets its SIGTERM now
+        except OSError:
+            pass
+    return pids
