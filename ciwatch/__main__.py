@@ -1,0 +1,3 @@
+from ciwatch.cli import main
+
+main()

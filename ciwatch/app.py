@@ -1,0 +1,77 @@
+"""The composition root for commands: config -> store, mirrors, executor, runner.
+
+Only this module and the CLI read configuration; everything below gets
+plain values and collaborators.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ciwatch.config import Config, read_config, read_secrets
+from ciwatch.errors import ConfigError
+from ciwatch.executors.process import ProcessExecutor
+from ciwatch.observer import RunObserver
+from ciwatch.runner import Runner, RunnerSettings
+from ciwatch.store import Store
+from ciwatch.workspace import Mirrors
+
+
+@dataclass
+class App:
+    config: Config
+    base: Path  # relative paths in the config are relative to this
+    state_dir: Path
+    environ: Mapping[str, str]
+    _store: Store | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, config_path: str | None, environ: Mapping[str, str] | None = None) -> App:
+        environ = dict(os.environ if environ is None else environ)
+        path = Path(config_path) if config_path else None
+        config, base = read_config(path)
+        state_dir = config.state_path(environ, base if path else Path.cwd())
+        return cls(config, base, state_dir, environ)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.state_dir / "ciwatch.db", clock=time.time)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def settings(self, pipeline_path: str = ".ciwatch.yml") -> RunnerSettings:
+        c = self.config
+        return RunnerSettings(
+            limits=c.limits.pipeline_limits(),
+            log_cap=c.limits.log_cap,
+            pipeline_path=pipeline_path,
+            pipeline_max_bytes=c.limits.pipeline_max_bytes,
+            grace=c.executor.grace,
+            keep_failed=c.workspace.keep_failed,
+            keep_all=c.workspace.keep_all,
+            pass_env=c.executor.pass_env,
+        )
+
+    def runner(self, observer: RunObserver | None = None, pipeline_path: str = ".ciwatch.yml") -> Runner:
+        if self.config.executor.kind != "process":
+            raise ConfigError([f"executor.kind: {self.config.executor.kind!r} is not available yet; use 'process'"])
+        return Runner(
+            store=self.store,
+            mirrors=Mirrors(self.state_dir),
+            executor=ProcessExecutor(),
+            state_dir=self.state_dir,
+            settings=self.settings(pipeline_path),
+            secrets=read_secrets(self.config, self.base),
+            host_env=self.environ,
+            clock=time.time,
+            observer=observer,
+        )

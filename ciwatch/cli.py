@@ -1,0 +1,256 @@
+"""The `ciwatch` command line.
+
+Exit codes: 0 passed, 1 failed, 2 usage error, 3 ciwatch could not run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from ciwatch import __version__
+from ciwatch.app import App
+from ciwatch.errors import CiwatchError, ConfigError, NotFoundError
+from ciwatch.model import EventKind, Run, RunState
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
+
+_EXIT_FOR = {
+    RunState.SUCCESS: EXIT_OK,
+    RunState.SKIPPED: EXIT_OK,
+    RunState.FAILURE: EXIT_FAILED,
+    RunState.CANCELED: EXIT_FAILED,
+    RunState.ERROR: EXIT_COULD_NOT_RUN,
+}
+
+config_option = click.option(
+    "-c", "--config", "config_path", envvar="CIWATCH_CONFIG", type=click.Path(dir_okay=False),
+    help="Config file (default: $CIWATCH_CONFIG, else built-in defaults with state in ./.ciwatch).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+def _app(config_path: str | None) -> App:
+    try:
+        return App.load(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _find_run(app: App, spec: str) -> Run:
+    """RUN is a run id (17) or REPO#NUMBER (app#3)."""
+    try:
+        if "#" in spec:
+            repo, _, num = spec.rpartition("#")
+            return app.store.find_run(repo, int(num))
+        return app.store.get_run(int(spec))
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: give a run id (17) or REPO#NUMBER (app#3)") from None
+    except NotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run_json(run: Run) -> dict:
+    d = asdict(run)
+    d["kind"] = run.kind.value
+    d["state"] = run.state.value
+    d["ref"] = run.ref.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return d
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ciwatch")
+def main() -> None:
+    """ciwatch: a small self-hosted CI runner.
+
+    A repository carries its pipeline in .ciwatch.yml; ciwatch checks the commit
+    out in a fresh workspace, runs the steps and keeps every log and record.
+
+    \b
+    Try it:
+      ciwatch demo                 make an example repository and run its pipeline
+      ciwatch run .                run this repository's pipeline at HEAD
+      ciwatch lint                 check .ciwatch.yml without running it
+      ciwatch runs                 list recorded runs
+      ciwatch logs 1 --step test   show a step's log
+    """
+
+
+@main.command()
+@click.argument("path", default=".", type=click.Path(exists=True, file_okay=False))
+@click.option("--ref", help="Ref to build: refs/heads/x, a branch or a tag name (default: HEAD's branch).")
+@click.option("--sha", help="Commit to build (default: the ref's commit).")
+@click.option("--event", "event", type=click.Choice([k.value for k in EventKind]), help="Event kind `when` sees (default: push for a branch, tag for a tag).")
+@click.option("--step", "steps", multiple=True, metavar="NAME", help="Run only this step (repeatable); the others are skipped.")
+@click.option("--pipeline", default=".ciwatch.yml", show_default=True, help="Pipeline file in the repository.")
+@config_option
+def run(path, ref, sha, event, steps, pipeline, config_path):
+    """Run the pipeline of the repository at PATH, as the daemon would.
+
+    The commit is checked out from a mirror into a fresh workspace: uncommitted
+    changes are not part of the run. Exit status: 0 passed, 1 failed, 3 ciwatch
+    could not run it (invalid pipeline, fetch failure).
+
+    \b
+    Examples:
+      ciwatch run                      HEAD of the repository here
+      ciwatch run ~/src/app --ref release/2.0
+      ciwatch run . --event pull_request --step test
+    """
+    from ciwatch.console import ConsoleObserver
+    from ciwatch.localrun import prepare_local_run
+
+    app = _app(config_path)
+    observer = ConsoleObserver()
+    try:
+        runner = app.runner(observer, pipeline_path=pipeline)
+        run_ = prepare_local_run(app.store, runner.mirrors, Path(path), ref=ref, sha=sha, event=event)
+    except CiwatchError as exc:
+        click.echo(f"ciwatch: {exc}", err=True)
+        sys.exit(EXIT_COULD_NOT_RUN)
+    from ciwatch.executors.base import CancelToken
+
+    cancel = CancelToken()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["run"] = runner.execute(run_.id, worker=f"cli:{os.getpid()}", cancel=cancel, only_steps=frozenset(steps) or None)
+        except BaseException as exc:  # the thread boundary: reported below
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name="run")
+    t.start()
+    while t.is_alive():
+        try:
+            t.join(0.2)
+        except KeyboardInterrupt:
+            if cancel.canceled:
+                click.echo("ciwatch: interrupted twice; waiting for the steps to be killed", err=True)
+            cancel.cancel("interrupted")
+            click.echo("ciwatch: interrupted; stopping the run (Ctrl-C again to insist)", err=True)
+    app.close()
+    if "error" in box:
+        click.echo(f"ciwatch: {box['error']}", err=True)
+        sys.exit(EXIT_COULD_NOT_RUN)
+    sys.exit(_EXIT_FOR[box["run"].state])
+
+
+@main.command()
+@click.argument("file", default=".ciwatch.yml", type=click.Path(dir_okay=False))
+def lint(file):
+    """Check a pipeline file and list every problem as file:line:col: field: message."""
+    from ciwatch import pipeline
+    from ciwatch.pipeline.plan import Severity
+
+    p = Path(file)
+    if p.is_symlink():
+        click.echo(f"{file}: is a symbolic link; ciwatch reads the pipeline from the commit and does not follow links", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        size = p.stat().st_size
+        if size > 1 << 20:
+            click.echo(f"{file}: {size / 1e6:.1f} MB is over the 1 MiB limit for a pipeline file", err=True)
+            sys.exit(EXIT_FAILED)
+        data = p.read_bytes()
+    except OSError as exc:
+        click.echo(f"{file}: cannot read: {exc.strerror}", err=True)
+        sys.exit(EXIT_USAGE)
+    diags = pipeline.lint(data, file)
+    for d in diags:
+        click.echo(str(d))
+    errors = sum(d.severity is Severity.ERROR for d in diags)
+    if errors:
+        click.echo(f"{errors} error(s)", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{file}: ok" + (f" ({len(diags)} warning(s))" if diags else ""))
+
+
+@main.command()
+def schema():
+    """Print the JSON Schema of .ciwatch.yml (for editors and validators)."""
+    from ciwatch import pipeline
+
+    click.echo(json.dumps(pipeline.json_schema(), indent=2))
+
+
+@main.command()
+@click.option("--repo", help="Only this repository's runs.")
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@json_option
+@config_option
+def runs(repo, limit, as_json, config_path):
+    """List runs, newest first."""
+    from ciwatch.console import fmt_duration
+
+    app = _app(config_path)
+    rows = app.store.list_runs(repo=repo, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"runs": [_run_json(r) for r in rows]}, indent=2))
+        return
+    if not rows:
+        click.echo("no runs yet; try: ciwatch run .")
+        return
+    click.echo(f"{'id':>5}  {'run':<20} {'state':<9} {'sha':<12} {'time':>7}  ref")
+    for r in rows:
+        took = fmt_duration(r.finished_at - r.started_at) if r.started_at and r.finished_at else "-"
+        ref = _run_json(r)["ref"]
+        click.echo(f"{r.id:>5}  {r.label:<20} {r.state.value:<9} {r.sha[:12]:<12} {took:>7}  {ref}")
+
+
+@main.command()
+@click.argument("run_spec", metavar="RUN")
+@click.option("--step", "step", help="Only this step (name or index).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the run goes on, until it ends.")
+@config_option
+def logs(run_spec, step, follow, config_path):
+    """Show the logs of RUN (a run id, or REPO#NUMBER), step by step."""
+    from ciwatch.logview import show_logs
+
+    app = _app(config_path)
+    run_ = _find_run(app, run_spec)
+    show_logs(app.store, run_, step=step, follow=follow, out=sys.stdout)
+
+
+@main.command()
+@click.argument("run_spec", metavar="RUN")
+@json_option
+@config_option
+def artifacts(run_spec, as_json, config_path):
+    """List the artifacts RUN collected (files copied out of its workspace)."""
+    app = _app(config_path)
+    run_ = _find_run(app, run_spec)
+    items = app.store.artifacts(run_.id)
+    if as_json:
+        click.echo(json.dumps({"run": run_.id, "artifacts": [asdict(a) for a in items]}, indent=2))
+        return
+    if not items:
+        click.echo(f"{run_.label}: no artifacts")
+    for a in items:
+        click.echo(f"{a.size:>10}  {a.path}  ->  {a.stored_path}")
+
+
+@main.command()
+@click.option("--dir", "where", default=None, type=click.Path(file_okay=False), help="Where to create the example repository (default: STATE/demo/example).")
+@config_option
+def demo(where, config_path):
+    """Create an example repository from the shipped pipeline and run it."""
+    from ciwatch.demo import make_example_repo
+
+    app = _app(config_path)
+    target = Path(where) if where else app.state_dir / "demo" / "example"
+    repo = make_example_repo(target)
+    click.echo(f"ciwatch: example repository at {repo}")
+    ctx = click.get_current_context()
+    ctx.invoke(run, path=str(repo), ref=None, sha=None, event=None, steps=(), pipeline=".ciwatch.yml", config_path=config_path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,59 @@
+"""Turn `ciwatch run PATH [--ref] [--sha] [--event]` into a queued run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ciwatch.errors import CiwatchError, GitError
+from ciwatch.model import Event, EventKind, Run
+from ciwatch.workspace import local_repo_info
+
+_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+def repo_name_for(path: Path) -> str:
+    name = path.resolve().name
+    name = name[:-4] if name.endswith(".git") else name
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name).strip(".-") or "repo"
+
+
+def _kind_for(ref: str) -> EventKind:
+    if ref.startswith("refs/tags/"):
+        return EventKind.TAG
+    if ref.startswith("refs/heads/"):
+        return EventKind.PUSH
+    return EventKind.MANUAL
+
+
+def prepare_local_run(store, mirrors, path: Path, *, ref: str | None, sha: str | None, event: str | None) -> Run:
+    url, head_ref, head_sha = local_repo_info(path)
+    repo = store.ensure_repo(repo_name_for(path), url)
+    mirror = mirrors.mirror(repo.id, url)
+    mirror.fetch()
+    if ref and not ref.startswith("refs/"):
+        for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
+            try:
+                mirror.resolve(candidate)
+                ref = candidate
+                break
+            except GitError:
+                continue
+        else:
+            raise CiwatchError(f"no branch or tag named {ref!r} in {path}")
+    if sha is not None:
+        sha = sha.lower()
+        if not _SHA.match(sha):
+            raise CiwatchError(f"--sha {sha!r}: give a full 40-character commit id")
+        mirror.ensure(sha)
+    elif ref:
+        sha = mirror.resolve(ref)
+    else:
+        sha = head_sha
+    ref = ref or head_ref or "HEAD"
+    kind = EventKind(event) if event else _kind_for(ref)
+    ev = Event(repo=repo.name, kind=kind, ref=ref, sha=sha, source="cli")
+    run, new = store.submit(ev)
+    if not new:  # the same commit again: a new run of the same event
+        run = store.create_run(run.event_id)
+    return run
