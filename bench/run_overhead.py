@@ -36,7 +36,11 @@ def timed(fn) -> float:
 
 def baseline_once(mirror: Path, sha: str, dest: Path) -> None:
     env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
-    subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", str(mirror), str(dest)], check=True, env=env)
+    subprocess.run(
+        ["git", "clone", "-q", "--shared", "--no-checkout", str(mirror), str(dest)],
+        check=True,
+        env=env,
+    )
     subprocess.run(["git", "-C", str(dest), "checkout", "-q", "--detach", sha], check=True, env=env)
     subprocess.run(["sh", "-c", "true"], check=True)
     shutil.rmtree(dest)
@@ -91,7 +95,10 @@ def main() -> None:
     repo = work / "repo"
     t = time.perf_counter()
     sha = make_synthetic_repo(repo)
-    print(f"synthetic repository: 2000 files, 20 MB, 500 commits ({time.perf_counter() - t:.1f}s to make)")
+    print(
+        "synthetic repository: 2000 files, 20 MB, 500 commits"
+        f" ({time.perf_counter() - t:.1f}s to make)"
+    )
 
     state = work / "state"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -100,11 +107,15 @@ def main() -> None:
     mirror = next((work / ".ciwatch" / "mirrors").glob("*.git"))
 
     base = [timed(lambda: baseline_once(mirror, sha, work / "base")) for _ in range(args.runs)]
-    whole = [timed(lambda: subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True))
-             for _ in range(args.runs)]
+    whole = [
+        timed(lambda: subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True))
+        for _ in range(args.runs)
+    ]
     inside_once(repo, state)  # warm-up: the mirror of this state dir
     inside = [inside_once(repo, state) for _ in range(args.runs)]
-    sh = statistics.median(timed(lambda: subprocess.run(["sh", "-c", "true"], check=True)) for _ in range(21))
+    sh = statistics.median(
+        timed(lambda: subprocess.run(["sh", "-c", "true"], check=True)) for _ in range(21)
+    )
     # Own time: everything but git and a bare `sh -c true` spawn; the executor's
     # supervision (subreaper, script file, log) counts as ciwatch's.
     own = [tot - g - sh for tot, g, _ in inside]
@@ -112,12 +123,14 @@ def main() -> None:
     med = statistics.median
     print(f"runs per figure: {args.runs}; medians")
     print(f"baseline (clone --shared + checkout + sh -c true + rm): {med(base) * 1000:7.1f} ms")
-    print(f"ciwatch run, whole command incl. interpreter start:    {med(whole) * 1000:7.1f} ms"
-          f"  (baseline + {(med(whole) - med(base)) * 1000:.0f} ms; target <= +300 ms)")
-    print(f"inside: total {med([x[0] for x in inside]) * 1000:.1f} ms, git {med([x[1] for x in inside]) * 1000:.1f} ms,"
-          f" step {med([x[2] for x in inside]) * 1000:.1f} ms")
+    print(
+        f"ciwatch run, whole command incl. interpreter start:    {med(whole) * 1000:7.1f} ms"
+        f"  (baseline + {(med(whole) - med(base)) * 1000:.0f} ms; target <= +300 ms)"
+    )
+    total, gitt, step = (med([x[i] for x in inside]) * 1000 for i in range(3))
+    print(f"inside: total {total:.1f} ms, git {gitt:.1f} ms, step (executor call) {step:.1f} ms")
     print(f"bare `sh -c true` spawn: {sh * 1000:.1f} ms")
-    print(f"ciwatch's own time per run:                             {med(own) * 1000:7.1f} ms  (target <= 30 ms)")
+    print(f"ciwatch's own time per run: {med(own) * 1000:7.1f} ms  (target <= 30 ms)")
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
 

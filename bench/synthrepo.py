@@ -8,8 +8,15 @@ import subprocess
 from pathlib import Path
 
 
-def make_synthetic_repo(path: Path, *, files: int = 2000, size: int = 20 << 20, commits: int = 500,
-                        pipeline: str = "steps:\n  - run: 'true'\n", seed: int = 1) -> str:
+def make_synthetic_repo(
+    path: Path,
+    *,
+    files: int = 2000,
+    size: int = 20 << 20,
+    commits: int = 500,
+    pipeline: str = "steps:\n  - run: 'true'\n",
+    seed: int = 1,
+) -> str:
     """Create a work-tree repository at `path`; returns the head sha."""
     rnd = random.Random(seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -30,7 +37,9 @@ def make_synthetic_repo(path: Path, *, files: int = 2000, size: int = 20 << 20, 
     marks[".ciwatch.yml"] = blob(pipeline.encode())
     when = 1_700_000_000
     for c in range(commits):
-        changed = marks if c == 0 else {n: blob(rnd.randbytes(per_file)) for n in rnd.sample(names, 2)}
+        changed = (
+            marks if c == 0 else {n: blob(rnd.randbytes(per_file)) for n in rnd.sample(names, 2)}
+        )
         msg = f"commit {c}".encode()
         stream.extend(b"commit refs/heads/main\n")
         stream.extend(b"committer Bench <bench@example.invalid> %d +0000\n" % (when + c))
@@ -39,7 +48,10 @@ def make_synthetic_repo(path: Path, *, files: int = 2000, size: int = 20 << 20, 
             stream.extend(b"from refs/heads/main^0\n")
         for name, m in changed.items():
             stream.extend(b"M 100644 :%d %s\n" % (m, name.encode()))
-    subprocess.run(["git", "fast-import", "--quiet"], input=bytes(stream), cwd=path, check=True, env=env)
+    subprocess.run(
+        ["git", "fast-import", "--quiet"], input=bytes(stream), cwd=path, check=True, env=env
+    )
     subprocess.run(["git", "checkout", "-q", "-f", "main"], cwd=path, check=True, env=env)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True, env=env,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=path, check=True, env=env, capture_output=True, text=True
+    ).stdout.strip()

@@ -61,9 +61,16 @@ class App:
             pass_env=c.executor.pass_env,
         )
 
-    def runner(self, observer: RunObserver | None = None, pipeline_path: str = ".ciwatch.yml") -> Runner:
+    def runner(
+        self, observer: RunObserver | None = None, pipeline_path: str = ".ciwatch.yml"
+    ) -> Runner:
         if self.config.executor.kind != "process":
-            raise ConfigError([f"executor.kind: {self.config.executor.kind!r} is not available yet; use 'process'"])
+            raise ConfigError(
+                [
+                    f"executor.kind: {self.config.executor.kind!r} is not available yet;"
+                    " use 'process'"
+                ]
+            )
         return Runner(
             store=self.store,
             mirrors=Mirrors(self.state_dir),

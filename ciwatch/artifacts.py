@@ -65,7 +65,9 @@ def collect(
         if rel_dir == ".":
             rel_dir = ""
             dirnames[:] = [d for d in dirnames if d != ".git"]
-        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+        for name in sorted(filenames) + sorted(
+            d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+        ):
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if not matches(rel):
                 continue

@@ -30,10 +30,16 @@ _EXIT_FOR = {
 }
 
 config_option = click.option(
-    "-c", "--config", "config_path", envvar="CIWATCH_CONFIG", type=click.Path(dir_okay=False),
+    "-c",
+    "--config",
+    "config_path",
+    envvar="CIWATCH_CONFIG",
+    type=click.Path(dir_okay=False),
     help="Config file (default: $CIWATCH_CONFIG, else built-in defaults with state in ./.ciwatch).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+)
 
 
 def _app(config_path: str | None) -> App:
@@ -65,7 +71,23 @@ def _run_json(run: Run) -> dict:
     return d
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Turns ciwatch's own errors into a message and an exit status, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"ciwatch: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except CiwatchError as exc:
+            click.echo(f"ciwatch: {exc}", err=True)
+            ctx.exit(EXIT_COULD_NOT_RUN)
+
+
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="ciwatch")
 def main() -> None:
     """ciwatch: a small self-hosted CI runner.
@@ -85,11 +107,26 @@ def main() -> None:
 
 @main.command()
 @click.argument("path", default=".", type=click.Path(exists=True, file_okay=False))
-@click.option("--ref", help="Ref to build: refs/heads/x, a branch or a tag name (default: HEAD's branch).")
+@click.option(
+    "--ref", help="Ref to build: refs/heads/x, a branch or a tag name (default: HEAD's branch)."
+)
 @click.option("--sha", help="Commit to build (default: the ref's commit).")
-@click.option("--event", "event", type=click.Choice([k.value for k in EventKind]), help="Event kind `when` sees (default: push for a branch, tag for a tag).")
-@click.option("--step", "steps", multiple=True, metavar="NAME", help="Run only this step (repeatable); the others are skipped.")
-@click.option("--pipeline", default=".ciwatch.yml", show_default=True, help="Pipeline file in the repository.")
+@click.option(
+    "--event",
+    "event",
+    type=click.Choice([k.value for k in EventKind]),
+    help="Event kind `when` sees (default: push for a branch, tag for a tag).",
+)
+@click.option(
+    "--step",
+    "steps",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this step (repeatable); the others are skipped.",
+)
+@click.option(
+    "--pipeline", default=".ciwatch.yml", show_default=True, help="Pipeline file in the repository."
+)
 @config_option
 def run(path, ref, sha, event, steps, pipeline, config_path):
     """Run the pipeline of the repository at PATH, as the daemon would.
@@ -111,7 +148,9 @@ def run(path, ref, sha, event, steps, pipeline, config_path):
     observer = ConsoleObserver()
     try:
         runner = app.runner(observer, pipeline_path=pipeline)
-        run_ = prepare_local_run(app.store, runner.mirrors, Path(path), ref=ref, sha=sha, event=event)
+        run_ = prepare_local_run(
+            app.store, runner.mirrors, Path(path), ref=ref, sha=sha, event=event
+        )
     except CiwatchError as exc:
         click.echo(f"ciwatch: {exc}", err=True)
         sys.exit(EXIT_COULD_NOT_RUN)
@@ -122,7 +161,12 @@ def run(path, ref, sha, event, steps, pipeline, config_path):
 
     def work() -> None:
         try:
-            box["run"] = runner.execute(run_.id, worker=f"cli:{os.getpid()}", cancel=cancel, only_steps=frozenset(steps) or None)
+            box["run"] = runner.execute(
+                run_.id,
+                worker=f"cli:{os.getpid()}",
+                cancel=cancel,
+                only_steps=frozenset(steps) or None,
+            )
         except BaseException as exc:  # the thread boundary: reported below
             box["error"] = exc
 
@@ -133,7 +177,9 @@ def run(path, ref, sha, event, steps, pipeline, config_path):
             t.join(0.2)
         except KeyboardInterrupt:
             if cancel.canceled:
-                click.echo("ciwatch: interrupted twice; waiting for the steps to be killed", err=True)
+                click.echo(
+                    "ciwatch: interrupted twice; waiting for the steps to be killed", err=True
+                )
             cancel.cancel("interrupted")
             click.echo("ciwatch: interrupted; stopping the run (Ctrl-C again to insist)", err=True)
     app.close()
@@ -152,12 +198,18 @@ def lint(file):
 
     p = Path(file)
     if p.is_symlink():
-        click.echo(f"{file}: is a symbolic link; ciwatch reads the pipeline from the commit and does not follow links", err=True)
+        click.echo(
+            f"{file}: is a symbolic link; ciwatch reads the pipeline from the commit"
+            " and does not follow links",
+            err=True,
+        )
         sys.exit(EXIT_FAILED)
     try:
         size = p.stat().st_size
         if size > 1 << 20:
-            click.echo(f"{file}: {size / 1e6:.1f} MB is over the 1 MiB limit for a pipeline file", err=True)
+            click.echo(
+                f"{file}: {size / 1e6:.1f} MB is over the 1 MiB limit for a pipeline file", err=True
+            )
             sys.exit(EXIT_FAILED)
         data = p.read_bytes()
     except OSError as exc:
@@ -208,7 +260,9 @@ def runs(repo, limit, as_json, config_path):
 @main.command()
 @click.argument("run_spec", metavar="RUN")
 @click.option("--step", "step", help="Only this step (name or index).")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing as the run goes on, until it ends.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep printing as the run goes on, until it ends."
+)
 @config_option
 def logs(run_spec, step, follow, config_path):
     """Show the logs of RUN (a run id, or REPO#NUMBER), step by step."""
@@ -237,8 +291,35 @@ def artifacts(run_spec, as_json, config_path):
         click.echo(f"{a.size:>10}  {a.path}  ->  {a.stored_path}")
 
 
+@main.group()
+def config():
+    """Check the configuration."""
+
+
+@config.command("check")
+@config_option
+def config_check(config_path):
+    """Validate the config file and read its secret files; list every problem."""
+    from ciwatch.config import read_secrets
+
+    app = _app(config_path)
+    read_secrets(app.config, app.base)
+    c = app.config
+    click.echo(f"{config_path or 'built-in defaults'}: ok")
+    click.echo(f"  state directory: {app.state_dir}")
+    click.echo(
+        f"  repositories: {len(c.repos)}, forges: {len(c.forges)}, secrets: {len(c.secrets)}"
+    )
+
+
 @main.command()
-@click.option("--dir", "where", default=None, type=click.Path(file_okay=False), help="Where to create the example repository (default: STATE/demo/example).")
+@click.option(
+    "--dir",
+    "where",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where to create the example repository (default: STATE/demo/example).",
+)
 @config_option
 def demo(where, config_path):
     """Create an example repository from the shipped pipeline and run it."""
@@ -249,7 +330,16 @@ def demo(where, config_path):
     repo = make_example_repo(target)
     click.echo(f"ciwatch: example repository at {repo}")
     ctx = click.get_current_context()
-    ctx.invoke(run, path=str(repo), ref=None, sha=None, event=None, steps=(), pipeline=".ciwatch.yml", config_path=config_path)
+    ctx.invoke(
+        run,
+        path=str(repo),
+        ref=None,
+        sha=None,
+        event=None,
+        steps=(),
+        pipeline=".ciwatch.yml",
+        config_path=config_path,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,9 @@ from ciwatch.errors import ConfigError, DocumentError
 from ciwatch.pipeline.plan import Limits
 from ciwatch.validation import validate
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$"
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -92,7 +94,9 @@ class LimitsConfig(_Model):
     _durations = field_validator("default_timeout", "max_timeout", mode="before")(
         lambda v: parse_duration(v)
     )
-    _sizes = field_validator("log_cap", "pipeline_max_bytes", mode="before")(lambda v: parse_size(v))
+    _sizes = field_validator("log_cap", "pipeline_max_bytes", mode="before")(
+        lambda v: parse_size(v)
+    )
 
     def pipeline_limits(self) -> Limits:
         return Limits(
@@ -170,7 +174,9 @@ class Config(_Model):
             raise ValueError(f"repo names must be unique: {', '.join(dupes)}")
         for r in self.repos:
             if r.forge and r.forge not in self.forges:
-                raise ValueError(f"repo {r.name!r} names forge {r.forge!r}, which is not in 'forges'")
+                raise ValueError(
+                    f"repo {r.name!r} names forge {r.forge!r}, which is not in 'forges'"
+                )
         for s in self.schedules:
             if s.repo not in names:
                 raise ValueError(f"schedule names repo {s.repo!r}, which is not in 'repos'")
@@ -188,12 +194,17 @@ class Config(_Model):
 def parse_config(data: bytes, filename: str) -> Config:
     """Validate a config document, listing every problem as `file:line: key: message`."""
     try:
-        doc = yamlsafe.load(data, filename, max_bytes=4 << 20, allow_empty=True, label="config file")
+        doc = yamlsafe.load(
+            data, filename, max_bytes=4 << 20, allow_empty=True, label="config file"
+        )
         if doc.data is None:
             return Config()
         return validate(Config, doc, filename)
     except DocumentError as exc:
-        problems = [f"{d.file}:{d.line}: {d.path + ': ' if d.path else ''}{d.message}" for d in exc.diagnostics]
+        problems = [
+            f"{d.file}:{d.line}: {d.path + ': ' if d.path else ''}{d.message}"
+            for d in exc.diagnostics
+        ]
         raise ConfigError(problems, filename) from None
 
 
@@ -216,7 +227,9 @@ def read_secrets(config: Config, base: Path) -> dict[str, str]:
         try:
             values[name] = (base / ref.file).read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"secrets.{name}.file: cannot read {ref.file}: {getattr(exc, 'strerror', exc)}")
+            problems.append(
+                f"secrets.{name}.file: cannot read {ref.file}: {getattr(exc, 'strerror', exc)}"
+            )
     if problems:
         raise ConfigError(problems)
     return values

@@ -95,6 +95,11 @@ class ConsoleObserver(RunObserver):
                 self.out.write(f"{prefix}{line}\n")
             self.out.flush()
 
+    def step_note(self, run: Run, plan: Plan, step: PlanStep, text: str) -> None:
+        with self.lock:
+            prefix = f"[{self._label(plan, step)}] " if len(self.running) > 1 else ""
+            self._print(f"{prefix}ciwatch: {safe_text(text.encode())}")
+
     def step_finished(self, run: Run, plan: Plan, step: PlanStep, result: StepResult) -> None:
         key = (plan.label, step.index)
         with self.lock:
@@ -105,11 +110,17 @@ class ConsoleObserver(RunObserver):
             mark = _MARK.get(result.state, result.state.value)
             if result.allowed_failure:
                 mark += " (allowed)"
-            why = f": {result.reason}" if result.reason and result.state is not StepState.SUCCESS else ""
+            why = (
+                f": {result.reason}"
+                if result.reason and result.state is not StepState.SUCCESS
+                else ""
+            )
             if result.state is StepState.SKIPPED or result.started_at is None:
                 self._print(f"── {self._label(plan, step)}: {mark}{why}")
             else:
-                self._print(f"── {self._label(plan, step)}: {mark} in {fmt_duration(result.duration)}{why}")
+                self._print(
+                    f"── {self._label(plan, step)}: {mark} in {fmt_duration(result.duration)}{why}"
+                )
 
     def _tick(self) -> None:
         while not self._stop.wait(min(1.0, self.progress_every)):
@@ -133,8 +144,13 @@ class ConsoleObserver(RunObserver):
             lines.append("")
             lines.append(f"{'step':<{width}}  {'result':<18} {'time':>8}  tries")
             for name, _cell, res in self.rows:
-                mark = _MARK.get(res.state, res.state.value) + (" (allowed)" if res.allowed_failure else "")
-                lines.append(f"{name:<{width}}  {mark:<18} {fmt_duration(res.duration):>8}  {res.tries}")
+                mark = _MARK.get(res.state, res.state.value) + (
+                    " (allowed)" if res.allowed_failure else ""
+                )
+                tries = str(res.tries) if res.started_at is not None else "-"
+                lines.append(
+                    f"{name:<{width}}  {mark:<18} {fmt_duration(res.duration):>8}  {tries:>5}"
+                )
         total = fmt_duration((run.finished_at or 0) - run.started_at) if run.started_at else "-"
         tail = f": {reason}" if reason and state is not RunState.SUCCESS else ""
         lines.append(f"\n{run.label} {state.value} in {total}{tail}")

@@ -26,7 +26,9 @@ def _kind_for(ref: str) -> EventKind:
     return EventKind.MANUAL
 
 
-def prepare_local_run(store, mirrors, path: Path, *, ref: str | None, sha: str | None, event: str | None) -> Run:
+def prepare_local_run(
+    store, mirrors, path: Path, *, ref: str | None, sha: str | None, event: str | None
+) -> Run:
     url, head_ref, head_sha = local_repo_info(path)
     repo = store.ensure_repo(repo_name_for(path), url)
     mirror = mirrors.mirror(repo.id, url)

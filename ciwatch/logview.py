@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ciwatch.logs import follow as follow_log
-from ciwatch.logs import read_log, render
+from ciwatch.logread import follow as follow_log
+from ciwatch.logread import read_log, render
 from ciwatch.model import Run, StepRecord, StepState
 
 
@@ -25,7 +25,9 @@ def _select(steps: list[StepRecord], step: str | None) -> list[StepRecord]:
     return [s for s in steps if s.name == step or str(s.index) == step]
 
 
-def show_logs(store, run: Run, *, step: str | None, follow: bool, out: TextIO, poll: float = 0.3) -> None:
+def show_logs(
+    store, run: Run, *, step: str | None, follow: bool, out: TextIO, poll: float = 0.3
+) -> None:
     shown: set[int] = set()
     setup_shown = False
     while True:
@@ -47,7 +49,8 @@ def show_logs(store, run: Run, *, step: str | None, follow: bool, out: TextIO, p
             out.write(_header(s) + "\n")
             path = Path(s.log_path)
             if s.state is StepState.RUNNING:
-                lines = follow_log(path, lambda sid=s.id: _finished(store, run.id, sid), poll=poll)
+                done = lambda sid=s.id, rid=run.id: _finished(store, rid, sid)  # noqa: E731
+                lines = follow_log(path, done, poll=poll)
             else:
                 lines = read_log(path) if path.exists() else iter(())
             for line in lines:

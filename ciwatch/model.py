@@ -7,10 +7,10 @@ non-UTF-8 bytes survive losslessly (``ref_bytes`` gives the raw bytes back).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     PUSH = "push"
     TAG = "tag"
     PULL_REQUEST = "pull_request"
@@ -18,7 +18,7 @@ class EventKind(str, Enum):
     MANUAL = "manual"
 
 
-class RunState(str, Enum):
+class RunState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCESS = "success"
@@ -32,7 +32,7 @@ class RunState(str, Enum):
         return self not in (RunState.QUEUED, RunState.RUNNING)
 
 
-class StepState(str, Enum):
+class StepState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     SUCCESS = "success"
@@ -42,7 +42,7 @@ class StepState(str, Enum):
     SKIPPED = "skipped"
 
 
-class FailureKind(str, Enum):
+class FailureKind(StrEnum):
     """Why a step did not succeed; drives `retry.on` and the run's state."""
 
     EXIT = "exit"  # non-zero exit status

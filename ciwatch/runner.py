@@ -18,8 +18,8 @@ from pathlib import Path
 from ciwatch import pipeline
 from ciwatch.errors import CiwatchError, GitError, PipelineError
 from ciwatch.executors.base import CancelToken, Executor
-from ciwatch.masking import Masker
 from ciwatch.logs import StepLog
+from ciwatch.masking import Masker
 from ciwatch.model import EventKind, Run, RunState, short_ref
 from ciwatch.observer import RunObserver
 from ciwatch.pipeline.plan import CompiledPipeline, EventContext, Limits
@@ -117,7 +117,7 @@ class Runner:
         setup = None
         try:
             adir.mkdir(parents=True, exist_ok=True)
-            setup = self._open_log(adir / "setup.log", run, None)
+            setup = self.open_log(adir / "setup.log")
             if attempt.number > 1:
                 self._note(run, setup, f"attempt {attempt.number} (earlier attempts were lost)")
             state, reason = self._attempt(run, attempt.number, adir, setup, cancel, only_steps)
@@ -136,13 +136,22 @@ class Runner:
         reason = self.masker.mask_text(reason)
         # Ends the attempt too, and refuses if another worker took the run over.
         if not self.store.finish_run(run.id, state, reason, attempt_id=attempt.id):
-            self.log.warning("%s: attempt %d was superseded; its result is dropped", run.label, attempt.number)
+            self.log.warning(
+                "%s: attempt %d was superseded; its result is dropped", run.label, attempt.number
+            )
         final = self.store.get_run(run.id)
         self.observer.run_finished(final, final.state, final.reason)
         return final
 
-    def _open_log(self, path: Path, run: Run, on_output) -> StepLog:
-        return StepLog(path, self.masker, self.settings.log_cap, self.clock, on_output=on_output)
+    def open_log(self, path: Path, on_output=None, on_note=None) -> StepLog:
+        return StepLog(
+            path,
+            self.masker,
+            self.settings.log_cap,
+            self.clock,
+            on_output=on_output,
+            on_note=on_note,
+        )
 
     def _note(self, run: Run, setup, text: str) -> None:
         setup.note(text)
@@ -195,8 +204,13 @@ class Runner:
             except GitError as exc:
                 self._note(run, setup, f"changed paths unknown ({exc}); path filters match")
         ctx = EventContext(
-            kind=run.kind, ref=run.ref, sha=run.sha, branch=short_ref(run.ref)[0],
-            tag=short_ref(run.ref)[1], changed_paths=changed, repo=run.repo,
+            kind=run.kind,
+            ref=run.ref,
+            sha=run.sha,
+            branch=short_ref(run.ref)[0],
+            tag=short_ref(run.ref)[1],
+            changed_paths=changed,
+            repo=run.repo,
         )
         compiled = pipeline.compile(spec, ctx, self.settings.limits)
         for w in compiled.warnings:
@@ -230,18 +244,20 @@ class Runner:
         return outcome.state, outcome.reason
 
 
-
 def _select_steps(compiled: CompiledPipeline, only: frozenset[str]) -> CompiledPipeline | str:
     """Skip every step not named with --step; an unknown name is an error."""
     names = {s.name for p in compiled.plans for s in p.steps}
     unknown = sorted(only - names)
     if unknown:
-        return f"no step named {', '.join(map(repr, unknown))}; the steps are: {', '.join(sorted(names))}"
+        listed = ", ".join(sorted(names))
+        return f"no step named {', '.join(map(repr, unknown))}; the steps are: {listed}"
     plans = tuple(
         replace(
             p,
             steps=tuple(
-                s if s.name in only or s.skip_reason else replace(s, skip_reason="not selected (--step)")
+                s
+                if s.name in only or s.skip_reason
+                else replace(s, skip_reason="not selected (--step)")
                 for s in p.steps
             ),
         )

@@ -26,7 +26,17 @@ def retryable(result: StepResult, step: PlanStep) -> bool:
 
 
 class StepRunner:
-    def __init__(self, runner, run: Run, attempt: int, adir: Path, cell: int, plan: Plan, ws, cancel: CancelToken) -> None:
+    def __init__(
+        self,
+        runner,
+        run: Run,
+        attempt: int,
+        adir: Path,
+        cell: int,
+        plan: Plan,
+        ws,
+        cancel: CancelToken,
+    ) -> None:
         self.r = runner
         self.run_ = run
         self.attempt = attempt
@@ -65,9 +75,15 @@ class StepRunner:
     def run(self, step: PlanStep) -> StepResult:
         r = self.r
         path = self.log_path(step)
-        step_id = r.store.start_step(self.run_.id, self.attempt, self.plan.label, step.index, step.name, str(path))
+        step_id = r.store.start_step(
+            self.run_.id, self.attempt, self.plan.label, step.index, step.name, str(path)
+        )
         r.observer.step_started(self.run_, self.plan, step)
-        log = r._open_log(path, self.run_, lambda data: r.observer.output(self.run_, self.plan, step, data))
+        log = r.open_log(
+            path,
+            on_output=lambda data: r.observer.output(self.run_, self.plan, step, data),
+            on_note=lambda text: r.observer.step_note(self.run_, self.plan, step, text),
+        )
         try:
             result = self._execute(step, log)
         finally:
@@ -85,16 +101,29 @@ class StepRunner:
             return StepResult(StepState.ERROR, failure=FailureKind.INFRA, reason=secrets)
         place = StepPlace(str(self.ws.path), str(self.ws.home), str(self.ws.tmp))
         env = step_env(
-            run=self.run_, attempt=self.attempt, plan=self.plan, step=step, place=place,
-            host_env=r.host_env, pass_env=r.settings.pass_env, secrets=secrets,
+            run=self.run_,
+            attempt=self.attempt,
+            plan=self.plan,
+            step=step,
+            place=place,
+            host_env=r.host_env,
+            pass_env=r.settings.pass_env,
+            secrets=secrets,
         )
-        spec = StepSpec(step=step, workdir=self.ws.path, env=env, script_dir=self.script_dir, grace=r.settings.grace)
+        spec = StepSpec(
+            step=step,
+            workdir=self.ws.path,
+            env=env,
+            script_dir=self.script_dir,
+            grace=r.settings.grace,
+        )
         tries = 0
         while True:
             tries += 1
             result = r.executor.run(spec, log, self.cancel)
             if tries <= step.retry.max and retryable(result, step) and not self.cancel.canceled:
-                log.note(f"{result.reason or result.state.value}; retrying (try {tries + 1} of {step.retry.max + 1})")
+                why = result.reason or result.state.value
+                log.note(f"{why}; retrying (try {tries + 1} of {step.retry.max + 1})")
                 continue
             break
         result = replace(result, tries=tries)
@@ -107,9 +136,15 @@ class StepRunner:
 
     def _collect(self, step: PlanStep, log) -> None:
         dest = self.r.state_dir / "artifacts" / str(self.run_.id) / f"{self.cell}-{step.index}"
-        got = collect(self.ws.path, step.artifacts, dest, lambda rel: globs.match_any(step.artifacts, rel))
+        got = collect(
+            self.ws.path, step.artifacts, dest, lambda rel: globs.match_any(step.artifacts, rel)
+        )
         for note in got.skipped:
             log.note(f"artifact skipped: {note}")
         for f in got.files:
             self.r.store.add_artifact(self.run_.id, None, f.path, f.size, str(f.stored))
-        log.note(f"artifacts: {len(got.files)} file(s) collected" if got.files else "artifacts: no file matched")
+        log.note(
+            f"artifacts: {len(got.files)} file(s) collected"
+            if got.files
+            else "artifacts: no file matched"
+        )

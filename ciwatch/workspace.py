@@ -196,8 +196,9 @@ class Mirror:
         # Not under any branch or tag: ask for the object itself (protocol v2
         # servers and those allowing reachable shas in wants will send it).
         with self._locked():
-            self.git.call([*self._fetch_opts(), "--end-of-options", self.url, sha],
-                          git_dir=self.path)
+            self.git.call(
+                [*self._fetch_opts(), "--end-of-options", self.url, sha], git_dir=self.path
+            )
         if not self.has_commit(sha):
             raise GitError(f"commit {sha} not found in {self.shown_url}")
 
@@ -266,8 +267,17 @@ class Mirror:
             if not self.has_commit(base):
                 return None
         res = self.git.call(
-            ["diff-tree", "-r", "-z", "--name-only", "--no-renames", "--no-commit-id",
-             "--end-of-options", base, sha],
+            [
+                "diff-tree",
+                "-r",
+                "-z",
+                "--name-only",
+                "--no-renames",
+                "--no-commit-id",
+                "--end-of-options",
+                base,
+                sha,
+            ],
             git_dir=self.path,
         )
         if res.returncode != 0:
@@ -283,8 +293,17 @@ class Mirror:
         src = ws.path
         try:
             self.git.run(
-                ["clone", "--quiet", "--shared", "--no-checkout", "--template=",
-                 "--no-recurse-submodules", "--end-of-options", self.path, src],
+                [
+                    "clone",
+                    "--quiet",
+                    "--shared",
+                    "--no-checkout",
+                    "--template=",
+                    "--no-recurse-submodules",
+                    "--end-of-options",
+                    self.path,
+                    src,
+                ],
                 cwd=ws.root,
             )
             wt = {"git_dir": src / ".git", "work_tree": src, "cwd": src}

@@ -12,7 +12,7 @@ keys are always strings (``1: x`` has the key ``"1"``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -114,7 +114,12 @@ def load(
     except Stop:
         pass
     except yaml.MarkedYAMLError as exc:
-        builder.errors.append(_syntax(exc, text, filename))
+        diag = _syntax(exc, text, filename)
+        if "maximum nesting depth" in (exc.problem or ""):
+            # Newer libyaml stops deep nesting itself while scanning ahead,
+            # before the depth check above sees the events: say it the same way.
+            diag = replace(diag, message=f"nesting is deeper than {max_depth} levels")
+        builder.errors.append(diag)
     except yaml.YAMLError as exc:  # ReaderError: no mark, only an index
         line, col = yamltext.line_col(text, getattr(exc, "position", 0) or 0)
         builder.errors.append(Diagnostic(filename, line, col, "", f"unreadable YAML: {exc}"))

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ciwatch.config import Config, parse_config, parse_duration, parse_size, read_config, read_secrets
+from ciwatch.config import (
+    Config,
+    parse_config,
+    parse_duration,
+    parse_size,
+    read_config,
+    read_secrets,
+)
 from ciwatch.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +64,9 @@ def test_malformed_yaml_is_a_config_error_with_position():
     assert "ciwatch.yaml:" in text
 
 
-@pytest.mark.parametrize("value,seconds", [(30, 30.0), ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0)])
+@pytest.mark.parametrize(
+    "value,seconds", [(30, 30.0), ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0)]
+)
 def test_durations(value, seconds):
     assert parse_duration(value) == seconds
 
@@ -68,7 +77,9 @@ def test_bad_durations(value):
         parse_duration(value)
 
 
-@pytest.mark.parametrize("value,n", [(1024, 1024), ("512k", 512 << 10), ("16MB", 16 << 20), ("1GiB", 1 << 30)])
+@pytest.mark.parametrize(
+    "value,n", [(1024, 1024), ("512k", 512 << 10), ("16MB", 16 << 20), ("1GiB", 1 << 30)]
+)
 def test_sizes(value, n):
     assert parse_size(value) == n
 
@@ -91,5 +102,7 @@ def test_secret_values_are_never_inline():
 def test_state_dir_defaults(tmp_path):
     cfg = Config()
     assert cfg.state_path({}, tmp_path) == tmp_path / ".ciwatch"
-    assert cfg.state_path({"STATE_DIRECTORY": "/var/lib/ciwatch"}, tmp_path) == Path("/var/lib/ciwatch")
+    assert cfg.state_path({"STATE_DIRECTORY": "/var/lib/ciwatch"}, tmp_path) == Path(
+        "/var/lib/ciwatch"
+    )
     assert Config(state_dir="st").state_path({}, tmp_path) == tmp_path / "st"

@@ -50,12 +50,19 @@ BAIT_NAMES = {"pwned", "f", "hello", "BAIT-RAN"}
 
 
 def _git(*args: bytes | str | Path, cwd: Path, input: bytes | None = None) -> bytes:
-    env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(cwd),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
     argv = [REAL_GIT, *[a if isinstance(a, bytes) else os.fsencode(a) for a in args]]
-    return subprocess.run(argv, cwd=cwd, env=env, input=input, check=True,
-                          capture_output=True).stdout
+    return subprocess.run(
+        argv, cwd=cwd, env=env, input=input, check=True, capture_output=True
+    ).stdout
 
 
 def _plant_bait(d: Path, marker: Path) -> None:
@@ -135,9 +142,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return w
 
 
-PREFIX = [b"-c", b"core.hooksPath=/dev/null", b"-c", b"core.fsmonitor=false",
-          b"-c", b"submodule.recurse=false", b"-c", b"gc.autoDetach=false",
-          b"-c", b"advice.detachedHead=false"]
+PREFIX = [
+    b"-c",
+    b"core.hooksPath=/dev/null",
+    b"-c",
+    b"core.fsmonitor=false",
+    b"-c",
+    b"submodule.recurse=false",
+    b"-c",
+    b"gc.autoDetach=false",
+    b"-c",
+    b"advice.detachedHead=false",
+]
 
 
 def test_pushing_hostile_names_really_created_them(world: World) -> None:
@@ -166,15 +182,30 @@ def test_hostile_ref_fetch_resolve_checkout(world: World, ref: bytes) -> None:
         calls = world.argvs()
         # The exact argv of the two calls that carry the ref.
         mirror_dir = b"--git-dir=" + os.fsencode(world.mirror.path)
-        assert [*PREFIX, mirror_dir, b"fetch", b"--quiet", b"--no-tags",
-                b"--no-recurse-submodules", b"--no-write-fetch-head", b"--end-of-options",
-                os.fsencode(world.remote), b"+" + ref + b":" + ref] in calls
-        assert [*PREFIX, mirror_dir, b"rev-parse", b"--verify", b"--end-of-options",
-                ref + b"^{commit}"] in calls
+        assert [
+            *PREFIX,
+            mirror_dir,
+            b"fetch",
+            b"--quiet",
+            b"--no-tags",
+            b"--no-recurse-submodules",
+            b"--no-write-fetch-head",
+            b"--end-of-options",
+            os.fsencode(world.remote),
+            b"+" + ref + b":" + ref,
+        ] in calls
+        assert [
+            *PREFIX,
+            mirror_dir,
+            b"rev-parse",
+            b"--verify",
+            b"--end-of-options",
+            ref + b"^{commit}",
+        ] in calls
         # And in no call does the name stand where git parses options.
         for argv in calls:
             for i, arg in enumerate(argv):
-                if ref[len(b"refs/x/"):] in arg and arg not in (b"refs/heads", b"refs/tags"):
+                if ref[len(b"refs/x/") :] in arg and arg not in (b"refs/heads", b"refs/tags"):
                     assert b"--end-of-options" in argv[:i], argv
                     assert arg.lstrip(b"+").startswith(b"refs/"), argv
     finally:
@@ -185,8 +216,16 @@ def test_hostile_ref_fetch_resolve_checkout(world: World, ref: bytes) -> None:
 
 def test_a_name_not_fully_qualified_is_refused_before_git_runs(world: World) -> None:
     world.argvs()
-    for bad in ("-x", "--upload-pack=touch pwned", "main", "refs/heads/main~1",
-                "refs/heads/a..b", "refs/heads/x^{tree}", "refs/heads/a@{1}", "refs/heads/a:b"):
+    for bad in (
+        "-x",
+        "--upload-pack=touch pwned",
+        "main",
+        "refs/heads/main~1",
+        "refs/heads/a..b",
+        "refs/heads/x^{tree}",
+        "refs/heads/a@{1}",
+        "refs/heads/a:b",
+    ):
         with pytest.raises(GitError):
             world.mirror.resolve(bad)
         with pytest.raises(GitError):
@@ -212,21 +251,24 @@ def test_a_sha_that_is_not_hex_is_refused(world: World, tmp_path: Path) -> None:
     assert not (tmp_path / "ws").exists()
 
 
-@pytest.mark.parametrize("url", [
-    "ext::sh -c touch% pwned",
-    "ext::sh -c touch% >&2",
-    "fd::3",
-    "fd::0,1/x",
-    "ssh://-oProxyCommand=touch%20pwned/repo",
-    "ssh://user@-oProxyCommand=touch%20pwned/repo",
-    "ssh://[-oProxyCommand=touch pwned]/repo",
-    "-oProxyCommand=touch pwned:repo",
-    "git@-oProxyCommand=x:repo",
-    "--upload-pack=touch pwned",
-    "-u./helper",
-    "https://example.org/repo\n.git",
-    "foo::bar",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ext::sh -c touch% pwned",
+        "ext::sh -c touch% >&2",
+        "fd::3",
+        "fd::0,1/x",
+        "ssh://-oProxyCommand=touch%20pwned/repo",
+        "ssh://user@-oProxyCommand=touch%20pwned/repo",
+        "ssh://[-oProxyCommand=touch pwned]/repo",
+        "-oProxyCommand=touch pwned:repo",
+        "git@-oProxyCommand=x:repo",
+        "--upload-pack=touch pwned",
+        "-u./helper",
+        "https://example.org/repo\n.git",
+        "foo::bar",
+    ],
+)
 def test_disallowed_urls_are_refused_before_git_runs(world: World, url: str) -> None:
     world.argvs()
     with pytest.raises(GitError):

@@ -31,6 +31,7 @@ LAYERS = {
     "ciwatch.store": ADAPTER,
     "ciwatch.store.": ADAPTER,
     "ciwatch.logs": ADAPTER,
+    "ciwatch.logread": ADAPTER,
     "ciwatch.git": ADAPTER,
     "ciwatch.workspace": ADAPTER,
     "ciwatch.fstree": ADAPTER,
@@ -49,8 +50,22 @@ LAYERS = {
 }
 
 # Libraries that do I/O: never imported by the data or pure layers.
-IO_LIBS = {"subprocess", "sqlite3", "socket", "requests", "http", "urllib.request", "watchdog",
-           "git", "apscheduler", "shutil", "select", "signal", "ctypes", "tempfile"}
+IO_LIBS = {
+    "subprocess",
+    "sqlite3",
+    "socket",
+    "requests",
+    "http",
+    "urllib.request",
+    "watchdog",
+    "git",
+    "apscheduler",
+    "shutil",
+    "select",
+    "signal",
+    "ctypes",
+    "tempfile",
+}
 
 
 def layer_of(module: str) -> int | None:
@@ -58,7 +73,11 @@ def layer_of(module: str) -> int | None:
         return LAYERS[module]
     best = None
     for key, layer in LAYERS.items():
-        if key.endswith(".") and module.startswith(key) and (best is None or len(key) > len(best[0])):
+        if (
+            key.endswith(".")
+            and module.startswith(key)
+            and (best is None or len(key) > len(best[0]))
+        ):
             best = (key, layer)
     return best[1] if best else None
 

@@ -7,16 +7,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from ciwatch.logs import (
-    LineKind,
-    LogLine,
-    StepLog,
-    follow,
-    log_start,
-    raw_output,
-    read_log,
-    render,
-)
+from ciwatch.logread import LineKind, LogLine, follow, log_start, raw_output, read_log, render
+from ciwatch.logs import StepLog
 from ciwatch.masking import Masker
 
 SECRET = "s3cr3t-Token_value-42"

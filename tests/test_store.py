@@ -295,9 +295,7 @@ def test_requeue_ends_the_lost_attempt_and_the_next_claim_is_attempt_2(store: St
     assert store.get_run(run.id).attempts == 2
 
 
-def test_recovery_requeues_only_a_lease_that_is_still_expired(
-    store: Store, clock: Clock
-) -> None:
+def test_recovery_requeues_only_a_lease_that_is_still_expired(store: Store, clock: Clock) -> None:
     run, _ = store.submit(push())
     attempt = store.start_attempt(run.id, "w1", 30)
     assert store.requeue(run.id, "worker lost", attempt_id=attempt.id) is False  # still live
@@ -415,9 +413,7 @@ def test_wal_full_sync_foreign_keys_and_busy_timeout_are_set(store: Store, db_pa
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_write_waits_for_another_writer_instead_of_failing(
-    store: Store, db_path: Path
-) -> None:
+def test_a_write_waits_for_another_writer_instead_of_failing(store: Store, db_path: Path) -> None:
     other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     timer = threading.Timer(0.3, lambda: other.execute("COMMIT"))
@@ -431,9 +427,7 @@ def test_a_write_waits_for_another_writer_instead_of_failing(
         other.close()
 
 
-def test_a_failing_migration_leaves_the_old_schema_and_version(
-    db_path: Path, clock: Clock
-) -> None:
+def test_a_failing_migration_leaves_the_old_schema_and_version(db_path: Path, clock: Clock) -> None:
     s = Store.open(db_path, clock=clock)
     s.ensure_repo("app", "/srv/git/app.git")
     run, _ = s.submit(push())

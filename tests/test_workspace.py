@@ -27,15 +27,27 @@ from ciwatch.workspace import (
 )
 
 ZERO = "0" * 40
-GIT_ENV = {"PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+GIT_ENV = {
+    "PATH": os.environ["PATH"],
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.org",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.org",
+}
 
 
 def git(cwd: Path, *args: str | bytes | Path, input: bytes | None = None) -> str:
     argv = ["git", *[a if isinstance(a, bytes) else os.fsencode(a) for a in args]]
-    out = subprocess.run(argv, cwd=cwd, env={**GIT_ENV, "HOME": str(cwd)}, input=input,
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**GIT_ENV, "HOME": str(cwd)},
+        input=input,
+        check=True,
+        capture_output=True,
+    ).stdout
     return out.decode("utf-8", "surrogateescape").strip()
 
 
@@ -95,8 +107,9 @@ def test_fetch_resolve_and_default_branch(repo: Repo, mirrors: Mirrors, tmp_path
         m.resolve("refs/heads/nope")
 
 
-def test_fetch_prunes_deleted_branches_and_fetches_only_named_refs(repo: Repo,
-                                                                   mirrors: Mirrors) -> None:
+def test_fetch_prunes_deleted_branches_and_fetches_only_named_refs(
+    repo: Repo, mirrors: Mirrors
+) -> None:
     sha = repo.commit({"a": "1"})
     repo.push("HEAD:refs/heads/main", "HEAD:refs/heads/gone")
     m = mirrors.mirror(1, str(repo.bare))
@@ -129,7 +142,8 @@ def test_pull_request_refs_only_when_asked(repo: Repo, mirrors: Mirrors) -> None
 
 
 def test_ensure_fetches_a_missing_commit_and_names_one_that_does_not_exist(
-        repo: Repo, mirrors: Mirrors) -> None:
+    repo: Repo, mirrors: Mirrors
+) -> None:
     repo.commit({"a": "1"})
     repo.push("HEAD:refs/heads/main")
     m = mirrors.mirror(1, str(repo.bare))
@@ -172,15 +186,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_fetch_over_git_protocol_from_a_loopback_daemon(repo: Repo, mirrors: Mirrors,
-                                                        tmp_path: Path) -> None:
+def test_fetch_over_git_protocol_from_a_loopback_daemon(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     sha = repo.commit({"a": "1"})
     repo.push("HEAD:refs/heads/main")
     port = _free_port()
     daemon = subprocess.Popen(
-        ["git", "daemon", f"--base-path={tmp_path}", "--export-all", "--reuseaddr",
-         "--listen=127.0.0.1", f"--port={port}", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "git",
+            "daemon",
+            f"--base-path={tmp_path}",
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -217,7 +242,8 @@ def test_errors_never_show_credentials(tmp_path: Path) -> None:
     assert "hunter2" not in str(info.value)
     assert "127.0.0.1" in str(info.value)
     assert redact("see https://bob:pw@h/x and ssh://alice@h/y") == (
-        "see https://***@h/x and ssh://***@h/y")
+        "see https://***@h/x and ssh://***@h/y"
+    )
 
 
 # --- reading the pipeline file from the commit -----------------------------------------
@@ -276,7 +302,8 @@ def test_read_blob_refuses_an_oversize_file_before_reading_it(repo: Repo, tmp_pa
     (bindir / "git").write_text(f'#!/bin/sh\necho "$@" >> {calls}/log\nexec {real} "$@"\n')
     (bindir / "git").chmod(0o755)
     m = Mirrors(tmp_path / "state", search_path=f"{bindir}:{os.environ['PATH']}").mirror(
-        1, str(repo.bare))
+        1, str(repo.bare)
+    )
     m.fetch()
     with pytest.raises(GitError, match="300000 bytes; the limit is 1000"):
         m.read_blob(sha, "big.yml", 1000)
@@ -333,8 +360,9 @@ def test_changed_paths_keep_odd_bytes(repo: Repo, mirrors: Mirrors) -> None:
 # --- checkout --------------------------------------------------------------------------
 
 
-def test_checkout_shares_objects_and_builds_the_recorded_sha(repo: Repo, mirrors: Mirrors,
-                                                             tmp_path: Path) -> None:
+def test_checkout_shares_objects_and_builds_the_recorded_sha(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     old = repo.commit({"f.txt": "old", "big.bin": os.urandom(200_000)})
     repo.push("HEAD:refs/heads/main")
     m = mirrors.mirror(1, str(repo.bare))
@@ -353,8 +381,11 @@ def test_checkout_shares_objects_and_builds_the_recorded_sha(repo: Repo, mirrors
     assert git(ws.path, "status", "--porcelain") == ""
     alternates = (ws.path / ".git" / "objects" / "info" / "alternates").read_text().strip()
     assert Path(alternates) == m.path / "objects"
-    copied = [p for p in (ws.path / ".git" / "objects").rglob("*") if p.is_file()
-              and "info" not in p.parts]
+    copied = [
+        p
+        for p in (ws.path / ".git" / "objects").rglob("*")
+        if p.is_file() and "info" not in p.parts
+    ]
     assert copied == []  # nothing copied: the mirror's objects are borrowed
     assert ws.home.is_dir() and ws.tmp.is_dir()
     assert ws.home.parent == ws.tmp.parent == ws.path.parent == ws.root
@@ -363,8 +394,9 @@ def test_checkout_shares_objects_and_builds_the_recorded_sha(repo: Repo, mirrors
     assert f"url = {repo.bare}" in config and str(m.path) not in config
 
 
-def test_checkout_into_an_existing_workspace_is_refused(repo: Repo, mirrors: Mirrors,
-                                                        tmp_path: Path) -> None:
+def test_checkout_into_an_existing_workspace_is_refused(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     sha = repo.commit({"a": "1"})
     repo.push("HEAD:refs/heads/main")
     m = mirrors.mirror(1, str(repo.bare))
@@ -377,8 +409,9 @@ def test_checkout_into_an_existing_workspace_is_refused(repo: Repo, mirrors: Mir
     assert (dest / "src" / "keep").read_text() == "mine"
 
 
-def test_checkout_of_an_unknown_commit_fails_and_leaves_nothing(repo: Repo, mirrors: Mirrors,
-                                                               tmp_path: Path) -> None:
+def test_checkout_of_an_unknown_commit_fails_and_leaves_nothing(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     repo.commit({"a": "1"})
     repo.push("HEAD:refs/heads/main")
     m = mirrors.mirror(1, str(repo.bare))
@@ -388,17 +421,26 @@ def test_checkout_of_an_unknown_commit_fails_and_leaves_nothing(repo: Repo, mirr
     assert not (tmp_path / "ws").exists()
 
 
-def test_planted_hooks_and_fsmonitor_do_not_run(repo: Repo, mirrors: Mirrors,
-                                                tmp_path: Path) -> None:
+def test_planted_hooks_and_fsmonitor_do_not_run(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     marker = tmp_path / "RAN"
-    payload = f"#!/bin/sh\necho \"$0\" >> {marker}\n"
+    payload = f'#!/bin/sh\necho "$0" >> {marker}\n'
     repo.commit({"a": "1"})
     repo.push("HEAD:refs/heads/main")
     m = mirrors.mirror(1, str(repo.bare))
     for hooks in (m.path / "hooks", repo.bare / "hooks"):
         hooks.mkdir(exist_ok=True)
-        for name in ("post-checkout", "reference-transaction", "pre-upload", "post-index-change",
-                     "fsmonitor-watchman", "post-merge", "pre-receive", "update"):
+        for name in (
+            "post-checkout",
+            "reference-transaction",
+            "pre-upload",
+            "post-index-change",
+            "fsmonitor-watchman",
+            "post-merge",
+            "pre-receive",
+            "update",
+        ):
             (hooks / name).write_text(payload)
             (hooks / name).chmod(0o755)
     monitor = tmp_path / "monitor.sh"
@@ -422,8 +464,9 @@ def test_planted_hooks_and_fsmonitor_do_not_run(repo: Repo, mirrors: Mirrors,
     assert not marker.exists(), marker.read_text()
 
 
-def test_checkout_cost_is_small_for_a_small_repo(repo: Repo, mirrors: Mirrors,
-                                                 tmp_path: Path) -> None:
+def test_checkout_cost_is_small_for_a_small_repo(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     repo.commit({f"d{i % 10}/f{i}.txt": str(i) for i in range(200)})
     repo.push("HEAD:refs/heads/main")
     m = mirrors.mirror(1, str(repo.bare))
@@ -501,8 +544,10 @@ def _remove_unprivileged(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
-needs_setpriv = pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"),
-                                   reason="as root, setpriv is needed to drop CAP_DAC_OVERRIDE")
+needs_setpriv = pytest.mark.skipif(
+    os.geteuid() == 0 and not shutil.which("setpriv"),
+    reason="as root, setpriv is needed to drop CAP_DAC_OVERRIDE",
+)
 
 
 @needs_setpriv
@@ -594,8 +639,9 @@ def test_local_repo_info_for_work_tree_bare_and_detached(repo: Repo, tmp_path: P
         local_repo_info(tmp_path / "missing")
 
 
-def test_a_local_work_tree_can_be_mirrored_and_checked_out(repo: Repo, mirrors: Mirrors,
-                                                           tmp_path: Path) -> None:
+def test_a_local_work_tree_can_be_mirrored_and_checked_out(
+    repo: Repo, mirrors: Mirrors, tmp_path: Path
+) -> None:
     sha = repo.commit({"x.txt": "hello"})
     url, ref, head = local_repo_info(repo.work)
     m = mirrors.mirror(1, url)

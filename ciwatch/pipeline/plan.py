@@ -6,12 +6,12 @@ Data layer: stdlib and ciwatch.model only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from ciwatch.model import EventKind
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
 
@@ -34,12 +34,12 @@ class Diagnostic:
         return f"{where}: {tag}{what}"
 
 
-class RetryOn(str, Enum):
+class RetryOn(StrEnum):
     INFRA = "infra"  # ciwatch could not start or keep the step (spawn, workspace, lost worker)
     FAILURE = "failure"  # any failure, the step's own included
 
 
-class OnNewCommit(str, Enum):
+class OnNewCommit(StrEnum):
     CANCEL_RUNNING = "cancel-running"
     CANCEL_PENDING = "cancel-pending"
     QUEUE = "queue"
@@ -116,7 +116,7 @@ class Plan:
 
     @property
     def label(self) -> str:
-        """"" without a matrix, else e.g. "python=3.11,os=linux"; used in status contexts."""
+        """ "" without a matrix, else e.g. "python=3.11,os=linux"; used in status contexts."""
         return ",".join(f"{k}={v}" for k, v in self.cell)
 
 

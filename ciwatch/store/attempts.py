@@ -49,8 +49,14 @@ class AttemptsMixin:
                 lost = c.execute(
                     """UPDATE attempts SET state = ?, finished_at = ?, reason = ?
                        WHERE run_id = ? AND state = ? AND lease_until < ?""",
-                    (RunState.ERROR.value, now, "worker lost: lease expired",
-                     run_id, _RUNNING, now),
+                    (
+                        RunState.ERROR.value,
+                        now,
+                        "worker lost: lease expired",
+                        run_id,
+                        _RUNNING,
+                        now,
+                    ),
                 )
                 if lost.rowcount == 0:
                     return None
@@ -102,10 +108,13 @@ class AttemptsMixin:
         value = _finished(state)
         with self._db.write() as c:
             now = self._clock()
-            if attempt_id is not None and not c.execute(
-                "SELECT 1 FROM attempts WHERE id = ? AND run_id = ? AND state = ?",
-                (attempt_id, run_id, _RUNNING),
-            ).fetchone():
+            if (
+                attempt_id is not None
+                and not c.execute(
+                    "SELECT 1 FROM attempts WHERE id = ? AND run_id = ? AND state = ?",
+                    (attempt_id, run_id, _RUNNING),
+                ).fetchone()
+            ):
                 return False
             cur = c.execute(
                 """UPDATE runs SET state = ?, reason = ?, finished_at = ?
@@ -126,11 +135,14 @@ class AttemptsMixin:
         """
         with self._db.write() as c:
             now = self._clock()
-            if attempt_id is not None and not c.execute(
-                """SELECT 1 FROM attempts
+            if (
+                attempt_id is not None
+                and not c.execute(
+                    """SELECT 1 FROM attempts
                    WHERE id = ? AND run_id = ? AND state = ? AND lease_until < ?""",
-                (attempt_id, run_id, _RUNNING, now),
-            ).fetchone():
+                    (attempt_id, run_id, _RUNNING, now),
+                ).fetchone()
+            ):
                 return False
             cur = c.execute(
                 "UPDATE runs SET state = ?, reason = ? WHERE id = ? AND state = ?",

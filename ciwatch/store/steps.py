@@ -25,8 +25,16 @@ class StepsMixin:
                 """INSERT INTO steps (run_id, attempt, cell, idx, name, state, started_at,
                                       log_path)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                (run_id, attempt, cell, idx, name, StepState.RUNNING.value, self._clock(),
-                 log_path),
+                (
+                    run_id,
+                    attempt,
+                    cell,
+                    idx,
+                    name,
+                    StepState.RUNNING.value,
+                    self._clock(),
+                    log_path,
+                ),
             ).fetchone()[0]
 
     def finish_step(self, step_id: int, result: StepResult) -> None:

@@ -151,9 +151,12 @@ class Store(AttemptsMixin, StepsMixin):
         self, *, repo: str | None = None, state: RunState | None = None, limit: int = 50
     ) -> list[Run]:
         """Newest first, optionally only one repo's and/or one state's."""
-        sql = RUN_SELECT + """
+        sql = (
+            RUN_SELECT
+            + """
             WHERE (:repo IS NULL OR p.name = :repo) AND (:state IS NULL OR r.state = :state)
             ORDER BY r.id DESC LIMIT :limit"""
+        )
         params = {
             "repo": repo,
             "state": RunState(state).value if state is not None else None,
@@ -203,8 +206,18 @@ class Store(AttemptsMixin, StepsMixin):
                 """INSERT INTO events (repo_id, kind, ref, sha, before, source, trusted,
                                        pr_number, meta, received_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                (repo["id"], event.kind.value, ref, event.sha, event.before, event.source,
-                 int(event.trusted), event.pr_number, meta_json(event), now),
+                (
+                    repo["id"],
+                    event.kind.value,
+                    ref,
+                    event.sha,
+                    event.before,
+                    event.source,
+                    int(event.trusted),
+                    event.pr_number,
+                    meta_json(event),
+                    now,
+                ),
             ).fetchone()
         c.execute(
             "INSERT INTO event_sightings (event_id, source, seen_at) VALUES (?, ?, ?)",
@@ -224,7 +237,18 @@ class Store(AttemptsMixin, StepsMixin):
             """INSERT INTO runs (repo_id, number, event_id, kind, ref, sha, before, source,
                                  trusted, state, created_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            (event["repo_id"], number, event_id, event["kind"], event["ref"], event["sha"],
-             event["before"], event["source"], event["trusted"], _QUEUED, self._clock()),
+            (
+                event["repo_id"],
+                number,
+                event_id,
+                event["kind"],
+                event["ref"],
+                event["sha"],
+                event["before"],
+                event["source"],
+                event["trusted"],
+                _QUEUED,
+                self._clock(),
+            ),
         ).fetchone()
         return row["id"]
