@@ -16,7 +16,8 @@ import pytest
 from ciwatch.executors import supervise
 from ciwatch.executors.base import CancelToken, StepSpec
 from ciwatch.executors.process import ProcessExecutor, format_duration
-from ciwatch.logs import LineKind, StepLog, raw_output, read_log
+from ciwatch.logread import LineKind, raw_output, read_log
+from ciwatch.logs import StepLog
 from ciwatch.masking import Masker
 from ciwatch.model import FailureKind, StepState
 from ciwatch.pipeline.plan import PlanStep
