@@ -47,14 +47,22 @@ def baseline_once(mirror: Path, sha: str, dest: Path) -> None:
 
 
 def inside_once(repo: Path, state: Path) -> tuple[float, float, float]:
-    """(total, git, step) seconds of one run executed in this process."""
+    """(total, git, step, workspace removal) seconds of one run executed in this process."""
     from ciwatch.app import App
     from ciwatch.executors.process import ProcessExecutor
     from ciwatch.git import Git
     from ciwatch.localrun import prepare_local_run
+    from ciwatch.workspace import Workspace
 
-    spent = {"git": 0.0, "step": 0.0}
-    real_call, real_run = Git.call, ProcessExecutor.run
+    spent = {"git": 0.0, "step": 0.0, "rm": 0.0}
+    real_call, real_run, real_rm = Git.call, ProcessExecutor.run, Workspace.remove
+
+    def ws_remove(self):
+        t = time.perf_counter()
+        try:
+            return real_rm(self)
+        finally:
+            spent["rm"] += time.perf_counter() - t
 
     def git_call(self, *a, **kw):
         t = time.perf_counter()
@@ -70,7 +78,7 @@ def inside_once(repo: Path, state: Path) -> tuple[float, float, float]:
         finally:
             spent["step"] += time.perf_counter() - t
 
-    Git.call, ProcessExecutor.run = git_call, step_run
+    Git.call, ProcessExecutor.run, Workspace.remove = git_call, step_run, ws_remove
     try:
         t = time.perf_counter()
         app = App.load(None, environ={**os.environ, "STATE_DIRECTORY": str(state)})
@@ -81,9 +89,9 @@ def inside_once(repo: Path, state: Path) -> tuple[float, float, float]:
         app.close()
         total = time.perf_counter() - t
         assert final.state.value == "success", final
-        return total, spent["git"], spent["step"]
+        return total, spent["git"], spent["step"], spent["rm"]
     finally:
-        Git.call, ProcessExecutor.run = real_call, real_run
+        Git.call, ProcessExecutor.run, Workspace.remove = real_call, real_run, real_rm
 
 
 def main() -> None:
@@ -103,22 +111,25 @@ def main() -> None:
     state = work / "state"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "ciwatch", "run", str(repo)]
-    subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)  # warms the mirror
+    subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)  # makes the mirror
     mirror = next((work / ".ciwatch" / "mirrors").glob("*.git"))
 
-    base = [timed(lambda: baseline_once(mirror, sha, work / "base")) for _ in range(args.runs)]
-    whole = [
-        timed(lambda: subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True))
-        for _ in range(args.runs)
-    ]
     inside_once(repo, state)  # warm-up: the mirror of this state dir
-    inside = [inside_once(repo, state) for _ in range(args.runs)]
+    base, whole, inside = [], [], []
+    # Interleaved, so that the disk's mood affects all three alike.
+    for _ in range(args.runs):
+        base.append(timed(lambda: baseline_once(mirror, sha, work / "base")))
+        whole.append(
+            timed(lambda: subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True))
+        )
+        inside.append(inside_once(repo, state))
     sh = statistics.median(
         timed(lambda: subprocess.run(["sh", "-c", "true"], check=True)) for _ in range(21)
     )
     # Own time: everything but git and a bare `sh -c true` spawn; the executor's
     # supervision (subreaper, script file, log) counts as ciwatch's.
-    own = [tot - g - sh for tot, g, _ in inside]
+    own = [tot - g - sh for tot, g, _, _ in inside]
+    own_no_rm = [tot - g - sh - rm for tot, g, _, rm in inside]
 
     med = statistics.median
     print(f"runs per figure: {args.runs}; medians")
@@ -127,10 +138,16 @@ def main() -> None:
         f"ciwatch run, whole command incl. interpreter start:    {med(whole) * 1000:7.1f} ms"
         f"  (baseline + {(med(whole) - med(base)) * 1000:.0f} ms; target <= +300 ms)"
     )
-    total, gitt, step = (med([x[i] for x in inside]) * 1000 for i in range(3))
-    print(f"inside: total {total:.1f} ms, git {gitt:.1f} ms, step (executor call) {step:.1f} ms")
+    total, gitt, step, rm = (med([x[i] for x in inside]) * 1000 for i in range(4))
+    print(
+        f"inside: total {total:.1f} ms, git {gitt:.1f} ms, step (executor call) {step:.1f} ms,"
+        f" workspace removal {rm:.1f} ms"
+    )
     print(f"bare `sh -c true` spawn: {sh * 1000:.1f} ms")
     print(f"ciwatch's own time per run: {med(own) * 1000:7.1f} ms  (target <= 30 ms)")
+    print(
+        f"  of which not the workspace removal (the baseline's rm): {med(own_no_rm) * 1000:.1f} ms"
+    )
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -44,8 +44,7 @@ def make_synthetic_repo(
         stream.extend(b"commit refs/heads/main\n")
         stream.extend(b"committer Bench <bench@example.invalid> %d +0000\n" % (when + c))
         stream.extend(b"data %d\n%s\n" % (len(msg), msg))
-        if c:
-            stream.extend(b"from refs/heads/main^0\n")
+        # Later commits on the same branch follow the previous one by themselves.
         for name, m in changed.items():
             stream.extend(b"M 100644 :%d %s\n" % (m, name.encode()))
     subprocess.run(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ciwatch.errors import GitError
+from ciwatch.model import ref_from_bytes
 
 DEFAULT_PROTOCOLS = ("file", "git", "http", "https", "ssh")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -252,14 +253,26 @@ def local_repo_info(path: Path, *, git: Git | None = None) -> tuple[str, str, st
     if not path.is_dir():
         raise GitError(f"not a directory: {path}")
     g = git or Git(Path("/nonexistent"))
-    out = g.run(["rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=path)
-    git_dir = out.rstrip(b"\n").decode("utf-8", "surrogateescape")
-    res = g.call(["symbolic-ref", "--quiet", "HEAD"], cwd=path)
-    ref = res.stdout.rstrip(b"\n").decode("utf-8", "surrogateescape") if res.returncode == 0 else ""
-    res = g.call(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], cwd=path)
-    if res.returncode != 0:
+    # One call: the commit, the git dir, HEAD's full name ("HEAD" when detached).
+    res = g.call(
+        [
+            "rev-parse",
+            "HEAD^{commit}",
+            "--path-format=absolute",
+            "--git-common-dir",
+            "--symbolic-full-name",
+            "HEAD",
+        ],
+        cwd=path,
+    )
+    lines = res.stdout.split(b"\n")
+    if res.returncode != 0 or len(lines) < 3:
+        if b"not a git repository" in res.stderr:
+            raise GitError(f"{path} is not a git repository")
         raise GitError(f"{path} has no commits yet")
-    return git_dir, ref, check_sha(res.stdout.decode().strip())
+    sha, git_dir, head = lines[0].decode().strip(), lines[1], lines[2]
+    ref = ref_from_bytes(head) if head.startswith(b"refs/") else ""
+    return git_dir.decode("utf-8", "surrogateescape"), ref, check_sha(sha)
 
 
 def init_repo_with_files(path: Path, *, message: str, git: Git | None = None) -> str:

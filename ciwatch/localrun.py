@@ -32,7 +32,8 @@ def prepare_local_run(
     url, head_ref, head_sha = local_repo_info(path)
     repo = store.ensure_repo(repo_name_for(path), url)
     mirror = mirrors.mirror(repo.id, url)
-    mirror.fetch()
+    if ref or sha:
+        mirror.fetch()  # to resolve the ref; HEAD alone needs only its commit (ensure)
     if ref and not ref.startswith("refs/"):
         for candidate in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
             try:

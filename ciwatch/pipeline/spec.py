@@ -51,7 +51,9 @@ from ciwatch.pipeline.yamlcore import Path, format_path
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # Built on first use, not at import: a one-shot `ciwatch run` builds them
+    # while the checkout runs.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
 
 class PipelineWhen(_Model):
