@@ -131,6 +131,13 @@ class Run:
     finished_at: float | None = None
     reason: str = ""
     attempts: int = 0
+    # Scheduling, filled by the daemon's scheduler (None/"" for `ciwatch run`):
+    concurrency_group: str | None = None
+    on_new_commit: str | None = None
+    resolved_at: float | None = None  # when the scheduler read its pipeline
+    priority: int = 0  # higher first; FIFO within a priority
+    cancel_requested: str | None = None  # a reason, once cancel was asked
+    wait_reason: str = ""  # what a queued run waits on
 
     @property
     def label(self) -> str:

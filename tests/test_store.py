@@ -434,11 +434,12 @@ def test_a_failing_migration_leaves_the_old_schema_and_version(db_path: Path, cl
     s.close()
 
     bad = Migration("add labels", ("CREATE TABLE labels (name TEXT)", "CREATE TABLE broken ("))
-    with pytest.raises(StoreError, match=r"migration 2 \(add labels\) failed") as err:
+    n = len(MIGRATIONS) + 1
+    with pytest.raises(StoreError, match=rf"migration {n} \(add labels\) failed") as err:
         Store.open(db_path, clock=clock, migrations=(*MIGRATIONS, bad))
     assert str(db_path) in str(err.value)
     with raw(db_path) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert c.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
     assert "labels" not in tables and "runs" in tables
 
@@ -505,3 +506,25 @@ def test_a_failed_integrity_check_says_what_it_found(store: Store, db_path: Path
         Store.open(db_path)
     assert str(db_path) in str(err.value)
     assert db_path.read_bytes() == damaged
+
+
+def test_a_version_1_database_is_upgraded_in_place(db_path: Path, clock: Clock) -> None:
+    Store.open(db_path, clock=clock, migrations=MIGRATIONS[:1]).close()
+    with raw(db_path) as c:
+        c.execute("INSERT INTO repos (id, name, url) VALUES (1, 'app', '/srv/app.git')")
+        c.execute(
+            "INSERT INTO events (id, repo_id, kind, ref, sha, source, trusted, received_at)"
+            " VALUES (1, 1, 'push', X'726566732f68656164732f6d61696e', ?, 'hook', 1, 1.0)",
+            (SHA1,),
+        )
+        c.execute(
+            "INSERT INTO runs (id, repo_id, number, event_id, kind, ref, sha, source, trusted,"
+            " state, created_at) VALUES (1, 1, 1, 1, 'push', X'00', ?, 'hook', 1, 'queued', 1.0)",
+            (SHA1,),
+        )
+        c.commit()
+    s = Store.open(db_path, clock=clock)
+    run = s.get_run(1)
+    assert run.state is RunState.QUEUED and run.wait_reason == "" and run.priority == 0
+    assert s.settings()["user_version"] == len(MIGRATIONS)
+    s.close()

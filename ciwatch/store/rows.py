@@ -45,7 +45,8 @@ class Sighting:
 RUN_SELECT = """
     SELECT r.id, r.repo_id, p.name AS repo, r.number, r.event_id, r.kind, r.ref, r.sha,
            r.state, r.source, r.created_at, r.trusted, r.before, r.started_at,
-           r.finished_at, r.reason,
+           r.finished_at, r.reason, r.concurrency_group, r.on_new_commit, r.resolved_at,
+           r.priority, r.cancel_requested, r.wait_reason,
            (SELECT COUNT(*) FROM attempts a WHERE a.run_id = r.id) AS attempts
     FROM runs r JOIN repos p ON p.id = r.repo_id
 """
@@ -89,6 +90,12 @@ def to_run(row: sqlite3.Row) -> Run:
         finished_at=row["finished_at"],
         reason=row["reason"],
         attempts=row["attempts"],
+        concurrency_group=row["concurrency_group"],
+        on_new_commit=row["on_new_commit"],
+        resolved_at=row["resolved_at"],
+        priority=row["priority"],
+        cancel_requested=row["cancel_requested"],
+        wait_reason=row["wait_reason"],
     )
 
 

@@ -132,4 +132,31 @@ INITIAL = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL,)
+DAEMON = Migration(
+    name="daemon: refs seen by the sources, scheduling columns on runs",
+    statements=(
+        # The last sha each ref was seen at, per repository: the watcher and the
+        # poller diff against it, and at start refs that moved while down become events.
+        """CREATE TABLE refs_seen (
+            repo_id INTEGER NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+            ref BLOB NOT NULL,
+            sha TEXT NOT NULL,
+            source TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (repo_id, ref)
+        )""",
+        # Filled when the scheduler reads the run's pipeline ("resolves" it).
+        "ALTER TABLE runs ADD COLUMN concurrency_group TEXT",
+        "ALTER TABLE runs ADD COLUMN on_new_commit TEXT",
+        "ALTER TABLE runs ADD COLUMN resolved_at REAL",
+        "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        # Set by the daemon (supersede, `ciwatch cancel`); the worker running the
+        # attempt sees it and stops the steps.
+        "ALTER TABLE runs ADD COLUMN cancel_requested TEXT",
+        # What a queued run waits on, for `ciwatch why` and `ciwatch status`.
+        "ALTER TABLE runs ADD COLUMN wait_reason TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX runs_group ON runs(concurrency_group, state)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON)

@@ -27,13 +27,15 @@ from ciwatch.store.rows import (
     to_run,
 )
 from ciwatch.store.schema import MIGRATIONS, Migration
+from ciwatch.store.refs import RefsMixin
+from ciwatch.store.sched import SchedMixin
 from ciwatch.store.steps import StepsMixin
 
 _RUNNING = RunState.RUNNING.value
 _QUEUED = RunState.QUEUED.value
 
 
-class Store(AttemptsMixin, StepsMixin):
+class Store(AttemptsMixin, StepsMixin, RefsMixin, SchedMixin):
     """ciwatch's database. Safe to share between threads; close() when done."""
 
     def __init__(self, db: Database, clock: Callable[[], float]) -> None:
