@@ -241,6 +241,8 @@ class Runner:
             ws.remove()
             shutil.rmtree(dest, ignore_errors=True)
         shutil.rmtree(steps.script_dir, ignore_errors=True)
+        if outcome.state is RunState.CANCELED and cancel.reason:
+            return outcome.state, cancel.reason
         return outcome.state, outcome.reason
 
 

@@ -120,8 +120,9 @@ class StepRunner:
         tries = 0
         while True:
             tries += 1
-            result = r.executor.run(spec, log, self.cancel)
-            if tries <= step.retry.max and retryable(result, step) and not self.cancel.canceled:
+            result = r.executor.run(spec, log, self.cancel.for_step(step.interruptible))
+            stop = self.cancel.canceled if step.interruptible else self.cancel.hard
+            if tries <= step.retry.max and retryable(result, step) and not stop:
                 why = result.reason or result.state.value
                 log.note(f"{why}; retrying (try {tries + 1} of {step.retry.max + 1})")
                 continue

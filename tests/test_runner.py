@@ -183,3 +183,24 @@ def test_workspace_is_removed_after_success_and_kept_after_failure(tmp_path):
     store2, runner2, run2 = setup(tmp_path / "b", "steps:\n  - run: x\n", ScriptedExecutor())
     runner2.execute(run2.id, worker="w")
     assert not list((tmp_path / "b" / "state" / "workspaces").rglob("src"))
+
+
+def test_a_soft_cancel_spares_non_interruptible_steps(tmp_path):
+    cancel = CancelToken()
+    seen = {}
+
+    def supersede(spec, sink, token):
+        if spec.step.name == "deploy":
+            cancel.cancel("superseded by a newer commit", soft=True)
+            seen["deploy"] = token.canceled
+
+    pipeline = (
+        "steps:\n  - {name: deploy, interruptible: false, run: x}\n"
+        "  - {name: after, run: y}\n"
+    )
+    ex = ScriptedExecutor(hook=supersede)
+    store, runner, run = setup(tmp_path, pipeline, ex)
+    final = runner.execute(run.id, worker="w", cancel=cancel)
+    assert seen["deploy"] is False  # the deploy step did not see the supersede
+    assert ex.calls == ["deploy"]  # but nothing after it started
+    assert final.state is RunState.CANCELED and "superseded" in final.reason

@@ -37,22 +37,64 @@ class LogSink(Protocol):
 
 
 class CancelToken:
-    """Set from any thread to stop a step; the executor polls or waits on it."""
+    """Set from any thread to stop a run; executors poll `canceled` and `reason`.
+
+    A *soft* cancel (a newer commit superseding the run) stops pending steps and
+    interruptible ones; steps marked `interruptible: false` (a deploy) run on
+    and only a hard cancel (a user, a shutdown) stops them.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._hard = threading.Event()
         self.reason = ""
 
-    def cancel(self, reason: str = "canceled") -> None:
-        self.reason = reason
+    def cancel(self, reason: str = "canceled", *, soft: bool = False) -> None:
+        if not self._event.is_set() or not soft:
+            self.reason = reason
         self._event.set()
+        if not soft:
+            self._hard.set()
 
     @property
     def canceled(self) -> bool:
         return self._event.is_set()
 
+    @property
+    def hard(self) -> bool:
+        return self._hard.is_set()
+
     def wait(self, timeout: float | None) -> bool:
         return self._event.wait(timeout)
+
+    def for_step(self, interruptible: bool) -> CancelToken:
+        """The token a step's executor watches."""
+        return self if interruptible else _HardOnly(self)
+
+
+class _HardOnly(CancelToken):
+    """A view of a run's token that only a hard cancel sets."""
+
+    def __init__(self, parent: CancelToken) -> None:
+        self._parent = parent
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        return self._parent.reason
+
+    @property
+    def canceled(self) -> bool:
+        return self._parent.hard
+
+    @property
+    def hard(self) -> bool:
+        return self._parent.hard
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._parent._hard.wait(timeout)
+
+    def cancel(self, reason: str = "canceled", *, soft: bool = False) -> None:
+        self._parent.cancel(reason, soft=soft)
 
 
 class Executor(Protocol):
