@@ -16,6 +16,7 @@ import click
 
 from ciwatch import __version__
 from ciwatch.app import App
+from ciwatch.commands import register
 from ciwatch.errors import CiwatchError, ConfigError, NotFoundError
 from ciwatch.model import EventKind, Run, RunState
 
@@ -341,6 +342,8 @@ def demo(where, config_path):
         config_path=config_path,
     )
 
+
+register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

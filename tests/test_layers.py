@@ -47,6 +47,22 @@ LAYERS = {
     "ciwatch.logview": COMPOSITION,
     "ciwatch.demo": COMPOSITION,
     "ciwatch.__main__": COMPOSITION,
+    "ciwatch.commands": COMPOSITION,
+    "ciwatch.commands.": COMPOSITION,
+    "ciwatch.daemon": COMPOSITION,
+    "ciwatch.worker": COMPOSITION,
+    "ciwatch.why": COMPOSITION,
+    "ciwatch.sources": PURE,
+    "ciwatch.sources.refdiff": PURE,
+    "ciwatch.sources.": ADAPTER,
+    "ciwatch.hookinstall": ADAPTER,
+    "ciwatch.control": ADAPTER,
+    "ciwatch.sdnotify": ADAPTER,
+    "ciwatch.intake": ORCHESTRATION,
+    "ciwatch.scheduler": ORCHESTRATION,
+    "ciwatch.resolve": ORCHESTRATION,
+    "ciwatch.recovery": ORCHESTRATION,
+    "ciwatch.dispatch": ORCHESTRATION,
 }
 
 # Libraries that do I/O: never imported by the data or pure layers.

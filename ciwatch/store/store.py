@@ -16,6 +16,7 @@ from ciwatch.errors import NotFoundError
 from ciwatch.model import Event, Repo, Run, RunState, ref_bytes
 from ciwatch.store.attempts import AttemptsMixin
 from ciwatch.store.database import Database
+from ciwatch.store.refs import RefsMixin
 from ciwatch.store.rows import (
     EVENT_SELECT,
     RUN_SELECT,
@@ -26,9 +27,8 @@ from ciwatch.store.rows import (
     to_repo,
     to_run,
 )
-from ciwatch.store.schema import MIGRATIONS, Migration
-from ciwatch.store.refs import RefsMixin
 from ciwatch.store.sched import SchedMixin
+from ciwatch.store.schema import MIGRATIONS, Migration
 from ciwatch.store.steps import StepsMixin
 
 _RUNNING = RunState.RUNNING.value
