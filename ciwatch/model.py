@@ -42,6 +42,14 @@ class StepState(StrEnum):
     SKIPPED = "skipped"
 
 
+class CancelMode(StrEnum):
+    """How a run is asked to stop (set in the store; the worker running it obeys)."""
+
+    SUPERSEDE = "supersede"  # a newer commit: steps with `interruptible: false` finish
+    CANCEL = "cancel"  # a user: everything stops, the run ends canceled
+    INTERRUPT = "interrupt"  # a shutdown: everything stops, the run is queued again
+
+
 class FailureKind(StrEnum):
     """Why a step did not succeed; drives `retry.on` and the run's state."""
 
@@ -137,6 +145,7 @@ class Run:
     resolved_at: float | None = None  # when the scheduler read its pipeline
     priority: int = 0  # higher first; FIFO within a priority
     cancel_requested: str | None = None  # a reason, once cancel was asked
+    cancel_mode: CancelMode | None = None
     wait_reason: str = ""  # what a queued run waits on
 
     @property

@@ -20,7 +20,7 @@ from ciwatch.errors import CiwatchError, GitError, PipelineError
 from ciwatch.executors.base import CancelToken, Executor
 from ciwatch.logs import StepLog
 from ciwatch.masking import Masker
-from ciwatch.model import EventKind, Run, RunState, short_ref
+from ciwatch.model import CancelMode, EventKind, Run, RunState, short_ref
 from ciwatch.observer import RunObserver
 from ciwatch.pipeline.plan import CompiledPipeline, EventContext, Limits
 from ciwatch.stepgraph import run_graph
@@ -44,20 +44,43 @@ class RunnerSettings:
 
 
 class _LeaseKeeper:
-    """Renews the attempt's lease; a lost lease (fenced out) cancels the attempt."""
+    """Renews the attempt's lease and obeys stop requests stored for the run.
 
-    def __init__(self, store, attempt_id: int, seconds: float, cancel: CancelToken) -> None:
+    A lost lease (another worker took the run over) cancels the attempt. A stop
+    request is read every `tick` seconds: how fast a cancel or supersede lands.
+    """
+
+    def __init__(
+        self,
+        store,
+        run_id: int,
+        attempt_id: int,
+        seconds: float,
+        cancel: CancelToken,
+        tick: float = 0.5,
+    ) -> None:
         self._stop = threading.Event()
-        self._args = (store, attempt_id, seconds, cancel)
+        self._args = (store, run_id, attempt_id, seconds, cancel, min(tick, seconds / 3))
         self._thread = threading.Thread(target=self._loop, name="lease", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        store, attempt_id, seconds, cancel = self._args
-        while not self._stop.wait(seconds / 3):
-            if not store.renew_lease(attempt_id, seconds):
-                cancel.cancel("lease lost: another worker took this run over")
-                return
+        store, run_id, attempt_id, seconds, cancel, tick = self._args
+        renewed = time.monotonic()
+        while not self._stop.wait(tick):
+            if time.monotonic() - renewed >= seconds / 3:
+                renewed = time.monotonic()
+                if not store.renew_lease(attempt_id, seconds):
+                    cancel.cancel("lease lost: another worker took this run over")
+                    return
+            request = store.cancel_request(run_id)
+            if request is not None and not cancel.canceled:
+                reason, mode = request
+                cancel.cancel(
+                    reason,
+                    soft=mode is CancelMode.SUPERSEDE,
+                    requeue=mode is CancelMode.INTERRUPT,
+                )
 
     def stop(self) -> None:
         self._stop.set()
@@ -112,7 +135,7 @@ class Runner:
             raise CiwatchError(f"run {run_id} is not queued (already claimed or finished)")
         run = self.store.get_run(run_id)
         self.observer.run_started(run, attempt.number)
-        keeper = _LeaseKeeper(self.store, attempt.id, self.settings.lease_seconds, cancel)
+        keeper = _LeaseKeeper(self.store, run.id, attempt.id, self.settings.lease_seconds, cancel)
         adir = self.attempt_dir(run.id, attempt.number)
         setup = None
         try:
@@ -134,8 +157,12 @@ class Runner:
                 setup.note(f"error: {reason}")
             setup.close()
         reason = self.masker.mask_text(reason)
+        if state is RunState.CANCELED and cancel.requeue:
+            # Interrupted (the daemon is stopping): the next start runs it again.
+            self.store.requeue(run.id, f"interrupted: {reason}")
+            self.log.info("%s: attempt %d interrupted; queued again", run.label, attempt.number)
         # Ends the attempt too, and refuses if another worker took the run over.
-        if not self.store.finish_run(run.id, state, reason, attempt_id=attempt.id):
+        elif not self.store.finish_run(run.id, state, reason, attempt_id=attempt.id):
             self.log.warning(
                 "%s: attempt %d was superseded; its result is dropped", run.label, attempt.number
             )

@@ -142,7 +142,7 @@ steps:
 """
         },
     )
-    out = ciwatch(tmp_path, "run", str(repo), "--config", "/dev/null")
+    out = ciwatch(tmp_path, "run", str(repo))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "first-try-fails" in out.stdout and "second-try-passes" in out.stdout
     assert "timed out" in out.stdout

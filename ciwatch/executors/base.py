@@ -48,10 +48,14 @@ class CancelToken:
         self._event = threading.Event()
         self._hard = threading.Event()
         self.reason = ""
+        self.requeue = False  # an interruption: the run goes back to the queue
 
-    def cancel(self, reason: str = "canceled", *, soft: bool = False) -> None:
+    def cancel(
+        self, reason: str = "canceled", *, soft: bool = False, requeue: bool = False
+    ) -> None:
         if not self._event.is_set() or not soft:
             self.reason = reason
+        self.requeue = self.requeue or requeue
         self._event.set()
         if not soft:
             self._hard.set()
@@ -93,8 +97,10 @@ class _HardOnly(CancelToken):
     def wait(self, timeout: float | None) -> bool:
         return self._parent._hard.wait(timeout)
 
-    def cancel(self, reason: str = "canceled", *, soft: bool = False) -> None:
-        self._parent.cancel(reason, soft=soft)
+    def cancel(
+        self, reason: str = "canceled", *, soft: bool = False, requeue: bool = False
+    ) -> None:
+        self._parent.cancel(reason, soft=soft, requeue=requeue)
 
 
 class Executor(Protocol):

@@ -145,7 +145,8 @@ class AttemptsMixin:
             ):
                 return False
             cur = c.execute(
-                "UPDATE runs SET state = ?, reason = ? WHERE id = ? AND state = ?",
+                """UPDATE runs SET state = ?, reason = ?, cancel_requested = NULL,
+                   cancel_mode = NULL WHERE id = ? AND state = ?""",
                 (_QUEUED, reason, run_id, _RUNNING),
             )
             if cur.rowcount == 0:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ciwatch.errors import NotFoundError
 from ciwatch.model import (
     Attempt,
+    CancelMode,
     Event,
     EventKind,
     FailureKind,
@@ -46,7 +47,7 @@ RUN_SELECT = """
     SELECT r.id, r.repo_id, p.name AS repo, r.number, r.event_id, r.kind, r.ref, r.sha,
            r.state, r.source, r.created_at, r.trusted, r.before, r.started_at,
            r.finished_at, r.reason, r.concurrency_group, r.on_new_commit, r.resolved_at,
-           r.priority, r.cancel_requested, r.wait_reason,
+           r.priority, r.cancel_requested, r.cancel_mode, r.wait_reason,
            (SELECT COUNT(*) FROM attempts a WHERE a.run_id = r.id) AS attempts
     FROM runs r JOIN repos p ON p.id = r.repo_id
 """
@@ -95,6 +96,7 @@ def to_run(row: sqlite3.Row) -> Run:
         resolved_at=row["resolved_at"],
         priority=row["priority"],
         cancel_requested=row["cancel_requested"],
+        cancel_mode=CancelMode(row["cancel_mode"]) if row["cancel_mode"] else None,
         wait_reason=row["wait_reason"],
     )
 

@@ -153,6 +153,7 @@ DAEMON = Migration(
         # Set by the daemon (supersede, `ciwatch cancel`); the worker running the
         # attempt sees it and stops the steps.
         "ALTER TABLE runs ADD COLUMN cancel_requested TEXT",
+        "ALTER TABLE runs ADD COLUMN cancel_mode TEXT",
         # What a queued run waits on, for `ciwatch why` and `ciwatch status`.
         "ALTER TABLE runs ADD COLUMN wait_reason TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX runs_group ON runs(concurrency_group, state)",
