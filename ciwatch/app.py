@@ -15,6 +15,7 @@ from pathlib import Path
 from ciwatch.config import Config, read_config, read_secrets
 from ciwatch.errors import ConfigError
 from ciwatch.executors.process import ProcessExecutor
+from ciwatch.faults import fault_from
 from ciwatch.observer import RunObserver
 from ciwatch.runner import Runner, RunnerSettings
 from ciwatch.store import Store
@@ -81,4 +82,5 @@ class App:
             host_env=self.environ,
             clock=time.time,
             observer=observer,
+            fault=fault_from(self.environ),
         )

@@ -107,6 +107,18 @@ class LimitsConfig(_Model):
         )
 
 
+class DaemonConfig(_Model):
+    shutdown_grace: Duration = 60.0  # on SIGTERM, running steps get this long to finish
+    lease: Duration = 60.0  # an attempt's lease; a worker silent this long is lost
+    max_attempts: int = Field(3, ge=1, le=20)  # lost workers retried up to this many attempts
+    max_concurrent_polls: int = Field(4, ge=1, le=64)
+    spare_workers: int = Field(1, ge=0, le=16)  # started ahead, so a push starts at once
+
+    _durations = field_validator("shutdown_grace", "lease", mode="before")(
+        lambda v: parse_duration(v)
+    )
+
+
 class ForgeConfig(_Model):
     kind: Literal["github", "gitea", "forgejo", "gitlab"]
     url: str
@@ -124,6 +136,9 @@ class RepoConfig(_Model):
     branches: tuple[str, ...] = ()
     pipeline: str = ".ciwatch.yml"
     default_branch: str = "main"
+    concurrency: int | None = Field(None, ge=1, le=256)  # runs of this repo at once
+    pull_requests: bool = False  # also poll refs/pull/*/head (untrusted: no secrets)
+    watch: bool = True  # watch a local repository's refs (the safety net for the hook)
 
     _durations = field_validator("poll_interval", mode="before")(lambda v: parse_duration(v))
 
@@ -153,6 +168,7 @@ class Config(_Model):
     workspace: WorkspaceConfig = WorkspaceConfig()
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
+    daemon: DaemonConfig = DaemonConfig()
     forges: dict[str, ForgeConfig] = {}
     repos: tuple[RepoConfig, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()

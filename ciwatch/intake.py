@@ -14,15 +14,23 @@ from ciwatch.model import Event, Run, ref_display
 
 
 class Intake:
-    def __init__(self, store, wake: Callable[[], None], log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        store,
+        wake: Callable[[], None],
+        log: logging.Logger | None = None,
+        fault: Callable[[str], None] = lambda point: None,
+    ) -> None:
         self.store = store
         self.wake = wake
         self.log = log or logging.getLogger("ciwatch.intake")
+        self.fault = fault  # crash-test hook: the composition root may make it exit
 
     def submit(self, event: Event, *, force_new_run: bool = False) -> tuple[Run | None, bool]:
         """Store the event. Returns (run, new): a duplicate gives the existing run
         and False, unless `force_new_run` (cron, manual) asks for a run anyway."""
         run, new = self.store.submit(event)
+        self.fault("after-event-stored")
         if not new and force_new_run and run is not None:
             run, new = self.store.create_run(run.event_id), True
         if new:

@@ -101,6 +101,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
         observer: RunObserver | None = None,
         log: logging.Logger | None = None,
+        fault: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.store = store
         self.mirrors = mirrors
@@ -113,6 +114,7 @@ class Runner:
         self.observer = observer or RunObserver()
         self.log = log or logging.getLogger("ciwatch.runner")
         self.masker = Masker(self.secrets.values())
+        self.fault = fault  # crash-test hook: the composition root may make it exit
 
     def attempt_dir(self, run_id: int, attempt: int) -> Path:
         return self.state_dir / "runs" / str(run_id) / f"a{attempt}"
@@ -133,6 +135,7 @@ class Runner:
         attempt = self.store.start_attempt(run_id, worker, self.settings.lease_seconds)
         if attempt is None:
             raise CiwatchError(f"run {run_id} is not queued (already claimed or finished)")
+        self.fault("after-claim")
         run = self.store.get_run(run_id)
         self.observer.run_started(run, attempt.number)
         keeper = _LeaseKeeper(self.store, run.id, attempt.id, self.settings.lease_seconds, cancel)
@@ -166,6 +169,7 @@ class Runner:
             self.log.warning(
                 "%s: attempt %d was superseded; its result is dropped", run.label, attempt.number
             )
+        self.fault("after-run-finished")
         final = self.store.get_run(run.id)
         self.observer.run_finished(final, final.state, final.reason)
         return final

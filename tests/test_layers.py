@@ -50,6 +50,8 @@ LAYERS = {
     "ciwatch.commands": COMPOSITION,
     "ciwatch.commands.": COMPOSITION,
     "ciwatch.daemon": COMPOSITION,
+    "ciwatch.daemonops": COMPOSITION,
+    "ciwatch.faults": COMPOSITION,
     "ciwatch.worker": COMPOSITION,
     "ciwatch.why": COMPOSITION,
     "ciwatch.sources": PURE,

@@ -136,6 +136,30 @@ class Store(AttemptsMixin, StepsMixin, RefsMixin, SchedMixin):
             ).fetchall()
         return [Sighting(r["source"], r["seen_at"]) for r in rows]
 
+    def find_events(
+        self, repo: str, *, ref: str | None = None, sha_prefix: str | None = None, limit: int = 20
+    ) -> list[tuple[int, Event, float]]:
+        """(event id, event, received_at) of a repo's events for a ref or a commit
+        (a sha or its prefix), newest first: for `ciwatch why`."""
+        where, args = ["p.name = ?"], [repo]
+        if ref is not None:
+            where.append("e.ref = ?")
+            args.append(ref_bytes(ref))
+        if sha_prefix is not None:
+            where.append("substr(e.sha, 1, ?) = ?")
+            args += [len(sha_prefix), sha_prefix.lower()]
+        sql = EVENT_SELECT.replace("SELECT ", "SELECT e.id, e.received_at, ", 1)
+        with self._db.read() as c:
+            rows = c.execute(
+                f"{sql} WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [(r["id"], to_event(r), r["received_at"]) for r in rows]
+
+    def runs_for_event(self, event_id: int) -> list[Run]:
+        with self._db.read() as c:
+            rows = c.execute(RUN_SELECT + " WHERE r.event_id = ? ORDER BY r.id", (event_id,))
+            return [to_run(r) for r in rows.fetchall()]
+
     def get_run(self, run_id: int) -> Run:
         with self._db.read() as c:
             return fetch_run(c, run_id)

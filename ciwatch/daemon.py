@@ -1,0 +1,270 @@
+"""`ciwatch serve`: the composition root. Config in, objects wired, signals handled.
+
+Nothing below this module reads the configuration; everything gets plain
+values and collaborators from here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from ciwatch.config import Config, read_config, read_secrets
+from ciwatch.control import ControlServer
+from ciwatch.daemonops import Operations
+from ciwatch.dispatch import LocalDispatcher
+from ciwatch.errors import CiwatchError
+from ciwatch.faults import fault_from
+from ciwatch.git import Git
+from ciwatch.intake import Intake
+from ciwatch.model import Repo
+from ciwatch.recovery import recover
+from ciwatch.resolve import Resolver
+from ciwatch.scheduler import Scheduler
+from ciwatch.sdnotify import Notifier
+from ciwatch.sources.barewatch import BareWatch
+from ciwatch.sources.cron import CronSource
+from ciwatch.sources.hookspool import HookSpool
+from ciwatch.sources.poller import Poller, PollTarget
+from ciwatch.store import Store
+from ciwatch.workspace import Mirrors
+
+
+class AlreadyRunning(CiwatchError):
+    """Another daemon holds the state directory."""
+
+
+@dataclass
+class Wiring:
+    """What a config turns into, for one generation of the daemon (reload swaps it)."""
+
+    config: Config
+    base: Path
+    repos: dict[str, Repo]
+
+
+def hold_lock(state_dir: Path) -> int:
+    """An exclusive lock on STATE/daemon.lock for the daemon's life (released by
+    the kernel if it dies), so two daemons never share a state directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another ciwatch daemon (pid {other}) is running on {state_dir}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path | None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        log: logging.Logger | None = None,
+        worker_argv: list[str] | None = None,
+    ) -> None:
+        self.config_path = config_path.resolve() if config_path else None
+        self.environ = dict(os.environ if environ is None else environ)
+        self.log = log or logging.getLogger("ciwatch.daemon")
+        self.worker_argv = worker_argv
+        self.stopping = threading.Event()
+        self.reload_asked = threading.Event()
+        self.notifier = Notifier.from_environ(self.environ)
+
+    # -- start ---------------------------------------------------------------
+
+    def start(self) -> None:
+        config, base = read_config(self.config_path)
+        self.secrets = read_secrets(config, base)  # refuse to start with an unreadable secret
+        self.state_dir = config.state_path(self.environ, base)
+        self.lock_fd = hold_lock(self.state_dir)
+        self.store = Store.open(self.state_dir / "ciwatch.db")
+        self.mirrors = Mirrors(self.state_dir)
+        self.git = Git(self.state_dir / "git-home")
+        (self.state_dir / "git-home").mkdir(exist_ok=True)
+        self.wiring = self._wire(config, base)
+
+        for line in recover(self.store, max_attempts=config.daemon.max_attempts, log=self.log):
+            self.log.info("recovery: %s", line)
+
+        argv = self.worker_argv or [sys.executable, "-m", "ciwatch", "worker"]
+        if self.config_path:
+            argv = [*argv, "-c", str(self.config_path)]
+        env = {**self.environ}
+        if config.state_dir is None:
+            env.setdefault("STATE_DIRECTORY", str(self.state_dir))
+        env["CIWATCH_LEASE_SECONDS"] = str(config.daemon.lease)
+        self.dispatcher = LocalDispatcher(
+            argv,
+            spares=config.daemon.spare_workers,
+            env=env,
+            on_done=lambda run_id, rc: self.scheduler.wake(),
+            log=self.log,
+        )
+        self.resolver = Resolver(
+            self.store,
+            self.mirrors,
+            limits=config.limits.pipeline_limits(),
+            pipeline_max_bytes=config.limits.pipeline_max_bytes,
+            log=self.log,
+        )
+        self.scheduler = Scheduler(
+            self.store,
+            self.dispatcher,
+            self.resolver,
+            max_running=config.concurrency,
+            repo_limits=self._repo_limits(config),
+            log=self.log,
+        )
+        self.intake = Intake(
+            self.store, self.scheduler.wake, self.log, fault=fault_from(self.environ)
+        )
+        self.ops = Operations(self)
+
+        self.aps = BackgroundScheduler(timezone="UTC")
+        self.aps.start()
+        self.spool = HookSpool(self.state_dir / "spool", self.intake, self._known, log=self.log)
+        self.watch = BareWatch(self.intake, self.store, self.git, log=self.log)
+        self.poller = Poller(
+            self.intake,
+            self.store,
+            self.git,
+            self.aps,
+            max_concurrent=config.daemon.max_concurrent_polls,
+            rng=random.Random(),
+            log=self.log,
+        )
+        self.cron = CronSource(self.intake, self.aps, self.ops.resolve_head, log=self.log)
+        self._apply_sources(config)
+        self.spool.start()
+        self.watch.start()
+        self.poller.start()
+        self.cron.start()
+        self.scheduler.start()
+        self.control = ControlServer(self.state_dir / "control.sock", self.ops.handlers(), self.log)
+        self.control.start()
+        self._write_url(config)
+        self.notifier.ready()
+        self.notifier.status(self.ops.status_line())
+        self.log.info(
+            "ciwatch serving %d repositories from %s", len(self.wiring.repos), self.state_dir
+        )
+
+    def _wire(self, config: Config, base: Path) -> Wiring:
+        repos = {}
+        for r in config.repos:
+            url = str((base / r.path).resolve()) if r.path else r.url
+            repos[r.name] = self.store.ensure_repo(r.name, url, r.default_branch)
+        return Wiring(config, base, repos)
+
+    def _known(self, name: str) -> bool:
+        return name in self.wiring.repos
+
+    @staticmethod
+    def _repo_limits(config: Config) -> dict[str, int]:
+        return {r.name: r.concurrency for r in config.repos if r.concurrency}
+
+    def _apply_sources(self, config: Config) -> None:
+        w = self.wiring
+        local = [
+            (w.repos[r.name], Path(w.repos[r.name].url)) for r in config.repos if r.path and r.watch
+        ]
+        self.watch.set_repos(local)
+        self.poller.set_repos(
+            [
+                PollTarget(w.repos[r.name], r.url, r.poll_interval, r.branches, r.pull_requests)
+                for r in config.repos
+                if r.url
+            ]
+        )
+        self.cron.set_schedules([(w.repos[s.repo], s.cron, s.branch) for s in config.schedules])
+
+    def _write_url(self, config: Config) -> None:
+        url = config.public_url or f"http://{config.listen}"
+        tmp = self.state_dir / ".daemon.url.tmp"
+        tmp.write_text(f"{os.getpid()} {url}\n")
+        os.replace(tmp, self.state_dir / "daemon.url")
+
+    # -- run -----------------------------------------------------------------
+
+    def serve_forever(self, tick: float = 1.0) -> None:
+        """Until stop is asked: reload on request, recover lost attempts, ping systemd."""
+        last_recovery = time.monotonic()
+        while not self.stopping.wait(tick):
+            if self.reload_asked.is_set():
+                self.reload_asked.clear()
+                self.reload()
+            if time.monotonic() - last_recovery >= 5:
+                last_recovery = time.monotonic()
+                try:
+                    for line in recover(
+                        self.store,
+                        max_attempts=self.wiring.config.daemon.max_attempts,
+                        log=self.log,
+                    ):
+                        self.log.warning("recovery: %s", line)
+                        self.scheduler.wake()
+                except CiwatchError as exc:
+                    self.log.error("recovery failed: %s", exc)
+            self.notifier.watchdog()
+        self.stop()
+
+    def reload(self) -> bool:
+        """Re-read the config; a bad one is refused and the running one kept."""
+        self.notifier.reloading()
+        try:
+            config, base = read_config(self.config_path)
+            read_secrets(config, base)
+            if config.state_path(self.environ, base) != self.state_dir:
+                raise CiwatchError("state_dir cannot change while running; restart instead")
+        except CiwatchError as exc:
+            self.log.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.ready()
+            return False
+        self.wiring = self._wire(config, base)
+        self._apply_sources(config)
+        self.scheduler.set_limits(config.concurrency, self._repo_limits(config))
+        self.log.info("configuration reloaded: %d repositories", len(self.wiring.repos))
+        self.notifier.ready()
+        return True
+
+    def stop(self) -> None:
+        """Stop intake, let running steps finish within the grace, record the rest
+        as interrupted (they run again at the next start)."""
+        self.notifier.stopping()
+        self.log.info("stopping: intake closed")
+        for part in (self.control, self.spool, self.watch, self.poller, self.cron):
+            try:
+                part.stop()
+            except Exception:  # a stop boundary: the others must still stop
+                self.log.exception("stopping %s failed", type(part).__name__)
+        self.aps.shutdown(wait=False)
+        self.scheduler.drain()
+        self.scheduler.stop()
+        left = self.dispatcher.shutdown(self.wiring.config.daemon.shutdown_grace, self.store)
+        if left:
+            self.log.warning("left running at exit: %s", left)
+        try:
+            (self.state_dir / "daemon.url").unlink()
+        except FileNotFoundError:
+            pass
+        self.store.close()
+        os.close(self.lock_fd)
+        self.log.info("stopped")

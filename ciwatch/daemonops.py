@@ -1,0 +1,102 @@
+"""What the running daemon can be asked over its control socket, and the
+manual and cron triggers that resolve a branch to a commit."""
+
+from __future__ import annotations
+
+import os
+
+from ciwatch.errors import CiwatchError, NotFoundError
+from ciwatch.model import CancelMode, Event, EventKind, Repo, RunState
+
+
+class Operations:
+    def __init__(self, daemon) -> None:
+        self.d = daemon
+
+    def handlers(self) -> dict:
+        return {
+            "status": self.status,
+            "drain": lambda req: self._switch("drain"),
+            "pause": lambda req: self._switch("pause"),
+            "resume": lambda req: self._switch("resume"),
+            "reload": self.reload,
+            "trigger": self.trigger,
+            "cancel": self.cancel,
+        }
+
+    def _switch(self, what: str) -> dict:
+        getattr(self.d.scheduler, what)()
+        self.d.notifier.status(self.status_line())
+        return {"ok": True, "scheduler": what}
+
+    def resolve_head(self, repo: Repo, branch: str) -> str | None:
+        """The commit a branch points to now (fetching the mirror first)."""
+        mirror = self.d.mirrors.mirror(repo.id, repo.url)
+        mirror.fetch()
+        ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+        return mirror.resolve(ref)
+
+    def trigger(self, req: dict) -> dict:
+        name = str(req.get("repo", ""))
+        repo = self.d.wiring.repos.get(name)
+        if repo is None:
+            raise NotFoundError(f"no repository {name!r} in the configuration")
+        ref = str(req.get("ref") or f"refs/heads/{repo.default_branch}")
+        if not ref.startswith("refs/"):
+            ref = f"refs/heads/{ref}"
+        sha = self.resolve_head(repo, ref)
+        event = Event(repo=name, kind=EventKind.MANUAL, ref=ref, sha=sha, source="manual")
+        run, _ = self.d.intake.submit(event, force_new_run=True)
+        return {"ok": True, "run": run.id, "label": run.label, "sha": sha, "ref": ref}
+
+    def cancel(self, req: dict) -> dict:
+        run = self._run(req.get("run"))
+        ok = self.d.store.request_cancel(run.id, "canceled by a user", CancelMode.CANCEL)
+        self.d.scheduler.wake()
+        return {"ok": ok, "run": run.id, "label": run.label}
+
+    def _run(self, spec) -> object:
+        text = str(spec or "")
+        if "#" in text:
+            repo, _, num = text.rpartition("#")
+            return self.d.store.find_run(repo, int(num))
+        if text.isdigit():
+            return self.d.store.get_run(int(text))
+        raise CiwatchError(f"{text!r}: give a run id or REPO#NUMBER")
+
+    def reload(self, req: dict) -> dict:
+        ok = self.d.reload()
+        return {"ok": ok}
+
+    def status(self, req: dict | None = None) -> dict:
+        store = self.d.store
+        sched = self.d.scheduler.status()
+        running = store.list_runs(state=RunState.RUNNING, limit=100)
+        queued = store.list_runs(state=RunState.QUEUED, limit=100)
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "state_dir": str(self.d.state_dir),
+            "scheduler": sched,
+            "running": [
+                {"id": r.id, "label": r.label, "sha": r.sha, "started_at": r.started_at}
+                for r in running
+            ],
+            "queued": [
+                {"id": r.id, "label": r.label, "sha": r.sha, "waiting": r.wait_reason}
+                for r in reversed(queued)
+            ],
+            "sources": {
+                "poll": self.d.poller.status(),
+                "watch": sorted(self.d.wiring.repos),
+            },
+            "repos": sorted(self.d.wiring.repos),
+        }
+
+    def status_line(self) -> str:
+        s = self.d.scheduler.status()
+        return (
+            f"running {s.get('running', 0)}, queued {s.get('queued', 0)}"
+            + (", paused" if s.get("paused") else "")
+            + (", draining" if s.get("draining") else "")
+        )
