@@ -26,6 +26,7 @@ from ciwatch.dispatch import LocalDispatcher
 from ciwatch.errors import CiwatchError
 from ciwatch.faults import fault_from
 from ciwatch.git import Git
+from ciwatch.hookinstall import default_spool, default_url_file, write_daemon_url
 from ciwatch.intake import Intake
 from ciwatch.model import Repo
 from ciwatch.recovery import recover
@@ -140,7 +141,9 @@ class Daemon:
 
         self.aps = BackgroundScheduler(timezone="UTC")
         self.aps.start()
-        self.spool = HookSpool(self.state_dir / "spool", self.intake, self._known, log=self.log)
+        self.spool = HookSpool(
+            default_spool(self.state_dir), self.intake, self._known, log=self.log
+        )
         self.watch = BareWatch(self.intake, self.store, self.git, log=self.log)
         self.poller = Poller(
             self.intake,
@@ -189,18 +192,22 @@ class Daemon:
         self.watch.set_repos(local)
         self.poller.set_repos(
             [
-                PollTarget(w.repos[r.name], r.url, r.poll_interval, r.branches, r.pull_requests)
+                PollTarget(
+                    w.repos[r.name],
+                    w.repos[r.name].url,
+                    r.poll_interval,
+                    r.branches,
+                    r.pull_requests,
+                )
                 for r in config.repos
-                if r.url
+                if r.url or r.poll
             ]
         )
         self.cron.set_schedules([(w.repos[s.repo], s.cron, s.branch) for s in config.schedules])
 
     def _write_url(self, config: Config) -> None:
         url = config.public_url or f"http://{config.listen}"
-        tmp = self.state_dir / ".daemon.url.tmp"
-        tmp.write_text(f"{os.getpid()} {url}\n")
-        os.replace(tmp, self.state_dir / "daemon.url")
+        write_daemon_url(default_url_file(self.state_dir), os.getpid(), url)
 
     # -- run -----------------------------------------------------------------
 
@@ -262,7 +269,7 @@ class Daemon:
         if left:
             self.log.warning("left running at exit: %s", left)
         try:
-            (self.state_dir / "daemon.url").unlink()
+            default_url_file(self.state_dir).unlink()
         except FileNotFoundError:
             pass
         self.store.close()
