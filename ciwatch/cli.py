@@ -317,30 +317,22 @@ def config_check(config_path):
 @click.option(
     "--dir",
     "where",
-    default=None,
+    default=".ciwatch/demo",
+    show_default=True,
     type=click.Path(file_okay=False),
-    help="Where to create the example repository (default: STATE/demo/example).",
+    help="Where the demo keeps its repository, config and state.",
 )
-@config_option
-def demo(where, config_path):
-    """Create an example repository from the shipped pipeline and run it."""
-    from ciwatch.demo import make_example_repo
+@click.option("--once", is_flag=True, help="Stop after the first run (exit status: its result).")
+def demo(where, once):
+    """Start the daemon on a demo repository, push a commit, watch it build.
 
-    app = _app(config_path)
-    target = Path(where) if where else app.state_dir / "demo" / "example"
-    repo = make_example_repo(target)
-    click.echo(f"ciwatch: example repository at {repo}")
-    ctx = click.get_current_context()
-    ctx.invoke(
-        run,
-        path=str(repo),
-        ref=None,
-        sha=None,
-        event=None,
-        steps=(),
-        pipeline=".ciwatch.yml",
-        config_path=config_path,
-    )
+    Creates a bare repository with the shipped example pipeline, installs the
+    post-receive hook, starts the daemon, pushes a commit and shows the run
+    turn green; then keeps watching until Ctrl-C.
+    """
+    from ciwatch.demo import run_demo
+
+    sys.exit(run_demo(Path(where), once=once, out=sys.stdout))
 
 
 register(main)
