@@ -13,6 +13,7 @@ import random
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,23 @@ from ciwatch.sources.hookspool import HookSpool
 from ciwatch.sources.poller import Poller, PollTarget
 from ciwatch.store import Store
 from ciwatch.workspace import Mirrors
+
+
+class RecentErrors(logging.Handler):
+    """The last warnings and errors, for `ciwatch status`."""
+
+    def __init__(self, keep: int = 30) -> None:
+        super().__init__(logging.WARNING)
+        self.records: deque[dict] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        where = record.name.removeprefix("ciwatch.")
+        self.records.appendleft(
+            {"at": record.created, "where": where, "message": record.getMessage()}
+        )
+
+    def items(self) -> list[dict]:
+        return list(self.records)
 
 
 class AlreadyRunning(CiwatchError):
@@ -88,6 +106,9 @@ class Daemon:
         self.stopping = threading.Event()
         self.reload_asked = threading.Event()
         self.notifier = Notifier.from_environ(self.environ)
+        self.started_at = time.time()
+        self.recent_errors = RecentErrors()
+        logging.getLogger("ciwatch").addHandler(self.recent_errors)
 
     # -- start ---------------------------------------------------------------
 
@@ -141,9 +162,8 @@ class Daemon:
 
         self.aps = BackgroundScheduler(timezone="UTC")
         self.aps.start()
-        self.spool = HookSpool(
-            default_spool(self.state_dir), self.intake, self._known, log=self.log
-        )
+        self.spool_dir = default_spool(self.state_dir)
+        self.spool = HookSpool(self.spool_dir, self.intake, self._known, log=self.log)
         self.watch = BareWatch(self.intake, self.store, self.git, log=self.log)
         self.poller = Poller(
             self.intake,
@@ -186,6 +206,8 @@ class Daemon:
 
     def _apply_sources(self, config: Config) -> None:
         w = self.wiring
+        self.watched = [r.name for r in config.repos if r.path and r.watch]
+        self.schedules = [(w.repos[s.repo], s.cron, s.branch) for s in config.schedules]
         local = [
             (w.repos[r.name], Path(w.repos[r.name].url)) for r in config.repos if r.path and r.watch
         ]
@@ -233,24 +255,25 @@ class Daemon:
             self.notifier.watchdog()
         self.stop()
 
-    def reload(self) -> bool:
-        """Re-read the config; a bad one is refused and the running one kept."""
+    def reload(self) -> str | None:
+        """Re-read the config; a bad one is refused (the problems are returned)
+        and the running one kept."""
         self.notifier.reloading()
         try:
             config, base = read_config(self.config_path)
-            read_secrets(config, base)
+            self.secrets = read_secrets(config, base)
             if config.state_path(self.environ, base) != self.state_dir:
                 raise CiwatchError("state_dir cannot change while running; restart instead")
         except CiwatchError as exc:
             self.log.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.ready()
-            return False
+            return str(exc)
         self.wiring = self._wire(config, base)
         self._apply_sources(config)
         self.scheduler.set_limits(config.concurrency, self._repo_limits(config))
         self.log.info("configuration reloaded: %d repositories", len(self.wiring.repos))
         self.notifier.ready()
-        return True
+        return None
 
     def stop(self) -> None:
         """Stop intake, let running steps finish within the grace, record the rest

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 
+from ciwatch import __version__
 from ciwatch.errors import CiwatchError, NotFoundError
-from ciwatch.model import CancelMode, Event, EventKind, Repo, RunState
+from ciwatch.model import CancelMode, Event, EventKind, Repo, RunState, ref_display
 
 
 class Operations:
@@ -65,32 +66,42 @@ class Operations:
         raise CiwatchError(f"{text!r}: give a run id or REPO#NUMBER")
 
     def reload(self, req: dict) -> dict:
-        ok = self.d.reload()
-        return {"ok": ok}
+        error = self.d.reload()
+        return {"ok": True} if error is None else {"ok": False, "error": error}
+
+    @staticmethod
+    def _run_info(r) -> dict:
+        return {
+            "id": r.id,
+            "label": r.label,
+            "ref": ref_display(r.ref),
+            "sha": r.sha,
+            "attempt": r.attempts,
+            "created_at": r.created_at,
+            "started_at": r.started_at,
+            "waiting": r.wait_reason,
+        }
 
     def status(self, req: dict | None = None) -> dict:
         store = self.d.store
-        sched = self.d.scheduler.status()
-        running = store.list_runs(state=RunState.RUNNING, limit=100)
-        queued = store.list_runs(state=RunState.QUEUED, limit=100)
+        running = store.list_runs(state=RunState.RUNNING, limit=200)
+        queued = store.list_runs(state=RunState.QUEUED, limit=200)
+        queued.sort(key=lambda r: (-r.priority, r.created_at, r.id))
+        sources = [{"kind": "hook", "repo": None, "spool": str(self.d.spool_dir)}]
+        sources += [{"kind": "watch", "repo": name} for name in sorted(self.d.watched)]
+        sources += [{"kind": "poll", **p} for p in self.d.poller.status()]
+        sources += [{"kind": "cron", "repo": s[0].name, "cron": s[1]} for s in self.d.schedules]
         return {
             "ok": True,
             "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.d.started_at,
             "state_dir": str(self.d.state_dir),
-            "scheduler": sched,
-            "running": [
-                {"id": r.id, "label": r.label, "sha": r.sha, "started_at": r.started_at}
-                for r in running
-            ],
-            "queued": [
-                {"id": r.id, "label": r.label, "sha": r.sha, "waiting": r.wait_reason}
-                for r in reversed(queued)
-            ],
-            "sources": {
-                "poll": self.d.poller.status(),
-                "watch": sorted(self.d.wiring.repos),
-            },
-            "repos": sorted(self.d.wiring.repos),
+            "scheduler": self.d.scheduler.status(),
+            "running": [self._run_info(r) for r in reversed(running)],
+            "queued": [self._run_info(r) for r in queued],
+            "sources": sources,
+            "errors": self.d.recent_errors.items(),
         }
 
     def status_line(self) -> str:

@@ -49,6 +49,7 @@ def write_daemon_url(path: Path, pid: int, url: str) -> None:
         raise HookError(f"daemon URL must be one word: {url!r}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(f"{pid} {url}\n", encoding="utf-8")
+    tmp.chmod(0o644)  # the hook runs as the git server's user
     os.replace(tmp, path)
 
 
@@ -109,6 +110,8 @@ repo=@REPO@
 spool=@SPOOL@
 url_file=@URL_FILE@
 fsync=@FSYNC@
+# The daemon may run as another user than git: spool files must be readable by it.
+umask 022
 nl='
 '
 case $0 in */*) chained=${0%/*}/post-receive.chained ;; *) chained=./post-receive.chained ;; esac

@@ -79,7 +79,9 @@ def serve(config_path, log_level):
     except CiwatchError as exc:
         click.echo(f"ciwatch: {exc}", err=True)
         sys.exit(1)
-    handler.addFilter(_MaskSecrets(Masker(daemon.secrets.values())))
+    mask = _MaskSecrets(Masker(daemon.secrets.values()))
+    handler.addFilter(mask)
+    daemon.recent_errors.addFilter(mask)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_asked.set())
