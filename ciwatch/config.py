@@ -139,6 +139,7 @@ class RepoConfig(_Model):
     concurrency: int | None = Field(None, ge=1, le=256)  # runs of this repo at once
     pull_requests: bool = False  # also poll refs/pull/*/head (untrusted: no secrets)
     watch: bool = True  # watch a local repository's refs (the safety net for the hook)
+    poll: bool | None = None  # poll it with ls-remote: always for `url`, optional for `path`
 
     _durations = field_validator("poll_interval", mode="before")(lambda v: parse_duration(v))
 

@@ -18,7 +18,9 @@ from ciwatch.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(check: Callable[[], object], timeout: float = 30.0, every: float = 0.05, what: str = ""):
+def wait_for(
+    check: Callable[[], object], timeout: float = 30.0, every: float = 0.05, what: str = ""
+):
     deadline = time.monotonic() + timeout
     while True:
         got = check()
@@ -33,8 +35,12 @@ def cli(*args: str, env: dict | None = None, timeout: float = 60, cwd: Path | No
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     full.pop("CIWATCH_CONFIG", None)
     return subprocess.run(
-        [sys.executable, "-m", "ciwatch", *args], env=full, capture_output=True, text=True,
-        timeout=timeout, cwd=cwd,
+        [sys.executable, "-m", "ciwatch", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -55,12 +61,27 @@ class DaemonProc:
         full.pop("NOTIFY_SOCKET", None)
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ciwatch", "serve", "-c", str(self.config_path), "--log-level", "debug"],
-            env=full, stdout=self._logf, stderr=subprocess.STDOUT, cwd=self.workdir,
+            [
+                sys.executable,
+                "-m",
+                "ciwatch",
+                "serve",
+                "-c",
+                str(self.config_path),
+                "--log-level",
+                "debug",
+            ],
+            env=full,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
         )
         if wait:
-            wait_for(lambda: (self.state / "daemon.url").exists() or self.proc.poll() is not None,
-                     30, what="the daemon to be ready")
+            wait_for(
+                lambda: (self.state / "daemon.url").exists() or self.proc.poll() is not None,
+                30,
+                what="the daemon to be ready",
+            )
             assert self.proc.poll() is None, self.log.read_text()
         return self
 
@@ -93,7 +114,10 @@ class DaemonProc:
         def done():
             runs = self.runs(repo)
             return runs if len(runs) >= n and all(r.state.finished for r in runs) else None
-        return wait_for(done, timeout, 0.1, what=f"{n} finished runs\n{self.log.read_text()[-3000:]}")
+
+        return wait_for(
+            done, timeout, 0.1, what=f"{n} finished runs\n{self.log.read_text()[-3000:]}"
+        )
 
     def cli(self, *args: str, **kw):
         return cli(*args, "-c", str(self.config_path), **kw)

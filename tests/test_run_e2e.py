@@ -285,7 +285,10 @@ def test_schema_is_json_schema(tmp_path):
     assert out.returncode == 0 and "steps" in schema["properties"]
 
 
-def test_demo_runs_green(tmp_path):
-    out = ciwatch(tmp_path, "demo")
+def test_demo_starts_the_daemon_pushes_and_goes_green(tmp_path):
+    out = ciwatch(tmp_path, "demo", "--once", timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "tests passed" in out.stdout
+    assert "tests passed" in out.stdout and "app#1 success" in out.stdout
+    # the second start reuses the demo repository and builds the next push as app#2
+    again = ciwatch(tmp_path, "demo", "--once", timeout=180)
+    assert again.returncode == 0 and "app#2 success" in again.stdout, again.stdout + again.stderr
