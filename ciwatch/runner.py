@@ -234,16 +234,7 @@ class Runner:
                 changed = mirror.changed_paths(run.before, run.sha, repo.default_branch)
             except GitError as exc:
                 self._note(run, setup, f"changed paths unknown ({exc}); path filters match")
-        ctx = EventContext(
-            kind=run.kind,
-            ref=run.ref,
-            sha=run.sha,
-            branch=short_ref(run.ref)[0],
-            tag=short_ref(run.ref)[1],
-            changed_paths=changed,
-            repo=run.repo,
-        )
-        compiled = pipeline.compile(spec, ctx, self.settings.limits)
+        compiled = pipeline.compile(spec, event_context(run, changed), self.settings.limits)
         for w in compiled.warnings:
             self._note(run, setup, str(w))
         return compiled
@@ -275,6 +266,20 @@ class Runner:
         if outcome.state is RunState.CANCELED and cancel.reason:
             return outcome.state, cancel.reason
         return outcome.state, outcome.reason
+
+
+def event_context(run: Run, changed_paths: tuple[str, ...] | None = None) -> EventContext:
+    """What a run's pipeline is compiled against (also read by the scheduler)."""
+    branch, tag = short_ref(run.ref)
+    return EventContext(
+        kind=run.kind,
+        ref=run.ref,
+        sha=run.sha,
+        branch=branch,
+        tag=tag,
+        changed_paths=changed_paths,
+        repo=run.repo,
+    )
 
 
 def _select_steps(compiled: CompiledPipeline, only: frozenset[str]) -> CompiledPipeline | str:
