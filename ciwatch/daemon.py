@@ -39,6 +39,7 @@ from ciwatch.sources.cron import CronSource
 from ciwatch.sources.hookspool import HookSpool
 from ciwatch.sources.poller import Poller, PollTarget
 from ciwatch.store import Store
+from ciwatch.worker import LEASE_ENV, worker_env
 from ciwatch.workspace import Mirrors
 
 
@@ -129,10 +130,9 @@ class Daemon:
         argv = self.worker_argv or [sys.executable, "-m", "ciwatch", "worker"]
         if self.config_path:
             argv = [*argv, "-c", str(self.config_path)]
-        env = {**self.environ}
+        env = {**self.environ, **self._worker_env(config, base)}
         if config.state_dir is None:
             env.setdefault("STATE_DIRECTORY", str(self.state_dir))
-        env["CIWATCH_LEASE_SECONDS"] = str(config.daemon.lease)
         self.dispatcher = LocalDispatcher(
             argv,
             spares=config.daemon.spare_workers,
@@ -140,13 +140,7 @@ class Daemon:
             on_done=lambda run_id, rc: self.scheduler.wake(),
             log=self.log,
         )
-        self.resolver = Resolver(
-            self.store,
-            self.mirrors,
-            limits=config.limits.pipeline_limits(),
-            pipeline_max_bytes=config.limits.pipeline_max_bytes,
-            log=self.log,
-        )
+        self.resolver = self._resolver(config)
         self.scheduler = Scheduler(
             self.store,
             self.dispatcher,
@@ -196,6 +190,22 @@ class Daemon:
             url = str((base / r.path).resolve()) if r.path else r.url
             repos[r.name] = self.store.ensure_repo(r.name, url, r.default_branch)
         return Wiring(config, base, repos)
+
+    def _resolver(self, config: Config) -> Resolver:
+        return Resolver(
+            self.store,
+            self.mirrors,
+            limits=config.limits.pipeline_limits(),
+            pipeline_max_bytes=config.limits.pipeline_max_bytes,
+            pipeline_paths={r.name: r.pipeline for r in config.repos},
+            log=self.log,
+        )
+
+    @staticmethod
+    def _worker_env(config: Config, base: Path) -> dict[str, str]:
+        """Workers run with the configuration this daemon accepted, not the file's
+        current text (an edit not reloaded, or refused, never reaches a run)."""
+        return {**worker_env(config, base), LEASE_ENV: str(config.daemon.lease)}
 
     def _known(self, name: str) -> bool:
         return name in self.wiring.repos
@@ -271,6 +281,8 @@ class Daemon:
         self.wiring = self._wire(config, base)
         self._apply_sources(config)
         self.scheduler.set_limits(config.concurrency, self._repo_limits(config))
+        self.scheduler.resolver = self.resolver = self._resolver(config)
+        self.dispatcher.update_env(self._worker_env(config, base))
         self.log.info("configuration reloaded: %d repositories", len(self.wiring.repos))
         self.notifier.ready()
         return None

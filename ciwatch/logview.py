@@ -33,8 +33,9 @@ def show_logs(
     while True:
         run = store.get_run(run.id)
         steps = _select(store.steps(run.id), step)
-        if not setup_shown and step is None and steps:
-            setup = Path(steps[0].log_path).parent / "setup.log"
+        logged = [s for s in steps if s.log_path]
+        if not setup_shown and step is None and logged:
+            setup = Path(logged[0].log_path).parent / "setup.log"
             lines = list(read_log(setup)) if setup.exists() else []
             if lines:
                 out.write("── setup ──\n")
@@ -47,12 +48,14 @@ def show_logs(
             if s.state is StepState.RUNNING and not follow:
                 continue
             out.write(_header(s) + "\n")
-            path = Path(s.log_path)
-            if s.state is StepState.RUNNING:
+            path = Path(s.log_path) if s.log_path else None
+            if path is None:  # skipped or canceled before it started: no log
+                lines = iter(())
+            elif s.state is StepState.RUNNING:
                 done = lambda sid=s.id, rid=run.id: _finished(store, rid, sid)  # noqa: E731
                 lines = follow_log(path, done, poll=poll)
             else:
-                lines = read_log(path) if path.exists() else iter(())
+                lines = read_log(path) if path.is_file() else iter(())
             for line in lines:
                 out.write(render(line) + "\n")
                 out.flush()
