@@ -33,7 +33,7 @@ from ciwatch.model import Repo
 from ciwatch.recovery import recover
 from ciwatch.resolve import Resolver
 from ciwatch.scheduler import Scheduler
-from ciwatch.sdnotify import Notifier
+from ciwatch.sdnotify import NOTIFY_ENV, Notifier
 from ciwatch.sources.barewatch import BareWatch
 from ciwatch.sources.cron import CronSource
 from ciwatch.sources.hookspool import HookSpool
@@ -130,7 +130,8 @@ class Daemon:
         argv = self.worker_argv or [sys.executable, "-m", "ciwatch", "worker"]
         if self.config_path:
             argv = [*argv, "-c", str(self.config_path)]
-        env = {**self.environ, **self._worker_env(config, base)}
+        env = {k: v for k, v in self.environ.items() if k not in NOTIFY_ENV}
+        env.update(self._worker_env(config, base))
         if config.state_dir is None:
             env.setdefault("STATE_DIRECTORY", str(self.state_dir))
         self.dispatcher = LocalDispatcher(
@@ -178,8 +179,7 @@ class Daemon:
         self.control = ControlServer(self.state_dir / "control.sock", self.ops.handlers(), self.log)
         self.control.start()
         self._write_url(config)
-        self.notifier.ready()
-        self.notifier.status(self.ops.status_line())
+        self.notifier.ready(status=self.ops.status_line())
         self.log.info(
             "ciwatch serving %d repositories from %s", len(self.wiring.repos), self.state_dir
         )
@@ -246,6 +246,7 @@ class Daemon:
     def serve_forever(self, tick: float = 1.0) -> None:
         """Until stop is asked: reload on request, recover lost attempts, ping systemd."""
         last_recovery = time.monotonic()
+        shown = ""
         while not self.stopping.wait(tick):
             if self.reload_asked.is_set():
                 self.reload_asked.clear()
@@ -263,6 +264,10 @@ class Daemon:
                 except CiwatchError as exc:
                     self.log.error("recovery failed: %s", exc)
             self.notifier.watchdog()
+            line = self.ops.status_line()
+            if line != shown:
+                shown = line
+                self.notifier.status(line)
         self.stop()
 
     def reload(self) -> str | None:

@@ -57,8 +57,8 @@ class DaemonProc:
         self.log = workdir / "daemon.log"
 
     def start(self, wait: bool = True, env: dict | None = None) -> DaemonProc:
-        full = {**os.environ, "PYTHONPATH": str(ROOT), **self.env, **(env or {})}
-        full.pop("NOTIFY_SOCKET", None)
+        full = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        full.update({"PYTHONPATH": str(ROOT), **self.env, **(env or {})})
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [

@@ -195,8 +195,7 @@ def test_a_soft_cancel_spares_non_interruptible_steps(tmp_path):
             seen["deploy"] = token.canceled
 
     pipeline = (
-        "steps:\n  - {name: deploy, interruptible: false, run: x}\n"
-        "  - {name: after, run: y}\n"
+        "steps:\n  - {name: deploy, interruptible: false, run: x}\n  - {name: after, run: y}\n"
     )
     ex = ScriptedExecutor(hook=supersede)
     store, runner, run = setup(tmp_path, pipeline, ex)
