@@ -25,7 +25,7 @@ from ciwatch.app import App
 from ciwatch.config import Config
 from ciwatch.errors import CiwatchError
 from ciwatch.executors.base import CancelToken
-from ciwatch.masking import Masker
+from ciwatch.logsetup import MaskSecrets, setup_logging
 from ciwatch.model import RunState
 
 LEASE_ENV = "CIWATCH_LEASE_SECONDS"  # set by the daemon: its `daemon.lease`
@@ -45,32 +45,6 @@ def load_app(config_path: str | None, environ: Mapping[str, str]) -> App:
     config = Config.model_validate_json(text)
     base = Path(environ.get(BASE_ENV) or Path.cwd())
     return App(config, base, config.state_path(environ, base), dict(environ))
-
-
-class _Masked(logging.Filter):
-    """The worker's own log lines are masked like step logs."""
-
-    def __init__(self, masker: Masker) -> None:
-        super().__init__()
-        self.masker = masker
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.masker.mask_text(record.getMessage())
-        record.args = None
-        return True
-
-
-def setup_logging(environ: Mapping[str, str]) -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(name)s[%(process)d]: %(message)s"
-    if not environ.get("JOURNAL_STREAM"):  # journald stamps lines itself
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger("ciwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    return handler
 
 
 def lease_seconds(app: App, environ: Mapping[str, str], log: logging.Logger) -> float:
@@ -95,7 +69,7 @@ def main(
     """0 when the run was executed (whatever its result) or there was none; 1 on
     an internal error. Reads one line: the run id."""
     environ = dict(os.environ if environ is None else environ)
-    handler = setup_logging(environ)
+    handler = setup_logging(logging.INFO, environ, pid=True)
     log = logging.getLogger("ciwatch.worker")
     try:
         app = load_app(config_path, environ)
@@ -118,7 +92,7 @@ def main(
         repo = next((r for r in app.config.repos if r.name == run.repo), None)
         runner = app.runner(pipeline_path=repo.pipeline if repo else ".ciwatch.yml")
         runner.settings = replace(runner.settings, lease_seconds=lease_seconds(app, environ, log))
-        handler.addFilter(_Masked(runner.masker))
+        handler.addFilter(MaskSecrets(runner.masker))
         cancel = CancelToken()
         # A stop of the whole service reaches the worker too: the run goes back
         # to the queue instead of ending as a failure.

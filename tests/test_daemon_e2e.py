@@ -372,3 +372,29 @@ def test_manual_trigger_builds_the_branch_head_again(tmp_path):
         assert bad.returncode != 0 and "nope" in (bad.stdout + bad.stderr)
     finally:
         d.stop()
+
+
+def test_a_worker_killed_after_the_run_finished_leaves_the_result_alone(tmp_path):
+    bare, work = setup_repo(tmp_path)
+    d = DaemonProc(
+        tmp_path,
+        {"daemon": {"lease": "2s"}, "repos": [{"name": "app", "path": str(bare)}]},
+        env={"CIWATCH_FAULT": "after-run-finished"},
+    )
+    install_hook(d, bare)
+    d.start()
+    try:
+        sha = push(work, bare)
+        [run] = d.wait_runs_finished(1)
+        time.sleep(3)  # longer than the lease: recovery must not touch a finished run
+        [run] = d.runs()
+        assert (run.sha, run.state, run.attempts) == (sha, RunState.SUCCESS, 1)
+    finally:
+        d.stop()
+    d.start()  # and a restart neither
+    try:
+        time.sleep(1)
+        [run] = d.runs()
+        assert run.state is RunState.SUCCESS and run.attempts == 1
+    finally:
+        d.stop()

@@ -52,6 +52,7 @@ LAYERS = {
     "ciwatch.daemon": COMPOSITION,
     "ciwatch.daemonops": COMPOSITION,
     "ciwatch.faults": COMPOSITION,
+    "ciwatch.logsetup": COMPOSITION,
     "ciwatch.worker": COMPOSITION,
     "ciwatch.why": COMPOSITION,
     "ciwatch.sources": PURE,

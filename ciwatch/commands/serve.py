@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -11,34 +10,8 @@ from pathlib import Path
 import click
 
 from ciwatch.errors import CiwatchError, ConfigError
+from ciwatch.logsetup import MaskSecrets, setup_logging
 from ciwatch.masking import Masker
-
-
-class _MaskSecrets(logging.Filter):
-    """Daemon log lines pass through the same masking as step logs."""
-
-    def __init__(self, masker: Masker) -> None:
-        super().__init__()
-        self.masker = masker
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.masker.mask_text(record.getMessage())
-        record.args = None
-        return True
-
-
-def setup_logging(level: str, environ) -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
-    # journald stamps each line itself; elsewhere, say when.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger("ciwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    return handler
 
 
 @click.command()
@@ -79,7 +52,7 @@ def serve(config_path, log_level):
     except CiwatchError as exc:
         click.echo(f"ciwatch: {exc}", err=True)
         sys.exit(1)
-    mask = _MaskSecrets(Masker(daemon.secrets.values()))
+    mask = MaskSecrets(Masker(daemon.secrets.values()))
     handler.addFilter(mask)
     daemon.recent_errors.addFilter(mask)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
