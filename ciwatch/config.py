@@ -121,9 +121,18 @@ class DaemonConfig(_Model):
 
 class ForgeConfig(_Model):
     kind: Literal["github", "gitea", "forgejo", "gitlab"]
-    url: str
-    token_file: str | None = None
+    url: str  # the web/API base: https://github.com (API at api.github.com), https://git.example.org
+    api_url: str | None = None  # only when the API is elsewhere (GitHub Enterprise: https://ghe/api/v3)
+    token_file: str | None = None  # or a systemd credential: token_credential
+    token_credential: str | None = None  # a name under $CREDENTIALS_DIRECTORY
     webhook_secret_file: str | None = None
+    webhook_secret_credential: str | None = None
+    context: str = "ciwatch"  # status context prefix: "ciwatch/<pipeline>[/<cell>]"
+    status_horizon: Duration = 24 * 3600.0  # how long a status is retried before giving up
+    # Pull requests from forks, and from senders not listed here, run without secrets.
+    trusted_users: tuple[str, ...] = ()
+
+    _durations = field_validator("status_horizon", mode="before")(lambda v: parse_duration(v))
 
 
 class RepoConfig(_Model):

@@ -66,6 +66,18 @@ LAYERS = {
     "ciwatch.resolve": ORCHESTRATION,
     "ciwatch.recovery": ORCHESTRATION,
     "ciwatch.dispatch": ORCHESTRATION,
+    "ciwatch.forges": DATA,
+    "ciwatch.forges.types": DATA,
+    "ciwatch.forges.status": PURE,
+    "ciwatch.forges.webhooks": PURE,
+    "ciwatch.forges.payloads": PURE,
+    "ciwatch.forges.signatures": PURE,
+    "ciwatch.forges.client": ADAPTER,
+    "ciwatch.forges.": ADAPTER,
+    "ciwatch.outbox": ORCHESTRATION,
+    "ciwatch.reporting": ORCHESTRATION,
+    "ciwatch.web": ADAPTER,
+    "ciwatch.web.": ADAPTER,
 }
 
 # Libraries that do I/O: never imported by the data or pure layers.

@@ -160,4 +160,43 @@ DAEMON = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON)
+FORGES = Migration(
+    name="forges: the status outbox, reported states, webhook deliveries",
+    statements=(
+        # Statuses waiting to reach a forge. Only the newest row per (forge,
+        # forge_repo, sha, context) is sent; older undelivered ones are superseded.
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            forge TEXT NOT NULL,
+            forge_repo TEXT NOT NULL,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            sha TEXT NOT NULL,
+            context TEXT NOT NULL,
+            state TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            target_url TEXT NOT NULL DEFAULT '',
+            extra TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            done_at REAL,
+            outcome TEXT
+        )""",
+        "CREATE INDEX outbox_due ON outbox(done_at, next_at)",
+        "CREATE INDEX outbox_key ON outbox(forge, forge_repo, sha, context, id)",
+        # The last run state turned into statuses: the reporting sweep compares.
+        "ALTER TABLE runs ADD COLUMN reported_state TEXT",
+        "CREATE INDEX runs_report ON runs(state, reported_state)",
+        # Webhook deliveries already stored: a replay is answered 2xx, not queued again.
+        """CREATE TABLE webhook_deliveries (
+            forge TEXT NOT NULL,
+            delivery TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            event_id INTEGER REFERENCES events(id) ON DELETE SET NULL,
+            PRIMARY KEY (forge, delivery)
+        )""",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES)

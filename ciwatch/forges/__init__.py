@@ -1,0 +1,1 @@
+"""Forges: commit statuses out (GitHub, Gitea, Forgejo, GitLab), webhooks in."""
