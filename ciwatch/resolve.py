@@ -64,7 +64,8 @@ class Resolver:
             return Resolution(None, None, f"invalid pipeline: {exc.short()}")
         except CiwatchError as exc:
             return Resolution(None, None, f"pipeline not read: {exc}")
-        compiled = pipeline.compile(spec, event_context(run), self.limits)
+        meta = dict(self.store.get_event(run.event_id).meta)
+        compiled = pipeline.compile(spec, event_context(run, None, meta), self.limits)
         if compiled.skip_reason or not compiled.plans:
             return Resolution(None, None, f"skipped: {compiled.skip_reason or 'no plans'}")
         concurrency = compiled.plans[0].concurrency
@@ -84,7 +85,7 @@ class Resolver:
             return spec
         repo = self.store.get_repo(run.repo)
         mirror = self.mirrors.mirror(repo.id, repo.url)
-        mirror.ensure(run.sha)
+        mirror.ensure(run.sha, run.ref)
         data = mirror.read_blob(run.sha, path, self.pipeline_max_bytes)
         spec = pipeline.parse(data, path, self.limits, max_bytes=self.pipeline_max_bytes)
         self._specs[key] = spec

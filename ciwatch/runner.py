@@ -192,7 +192,7 @@ class Runner:
         repo = self.store.get_repo(run.repo)
         mirror = self.mirrors.mirror(repo.id, repo.url)
         try:
-            mirror.ensure(run.sha)
+            mirror.ensure(run.sha, run.ref)
         except GitError as exc:
             return RunState.ERROR, f"could not fetch {run.sha[:12]}: {exc}"
         compiled = self._compile(run, repo, mirror, setup)
@@ -234,7 +234,8 @@ class Runner:
                 changed = mirror.changed_paths(run.before, run.sha, repo.default_branch)
             except GitError as exc:
                 self._note(run, setup, f"changed paths unknown ({exc}); path filters match")
-        compiled = pipeline.compile(spec, event_context(run, changed), self.settings.limits)
+        meta = dict(self.store.get_event(run.event_id).meta)
+        compiled = pipeline.compile(spec, event_context(run, changed, meta), self.settings.limits)
         for w in compiled.warnings:
             self._note(run, setup, str(w))
         return compiled
@@ -268,9 +269,14 @@ class Runner:
         return outcome.state, outcome.reason
 
 
-def event_context(run: Run, changed_paths: tuple[str, ...] | None = None) -> EventContext:
-    """What a run's pipeline is compiled against (also read by the scheduler)."""
+def event_context(
+    run: Run, changed_paths: tuple[str, ...] | None = None, meta: Mapping[str, str] | None = None
+) -> EventContext:
+    """What a run's pipeline is compiled against (also read by the scheduler).
+    For a pull request, `branch` is its target branch (the event's base_branch)."""
     branch, tag = short_ref(run.ref)
+    if run.kind is EventKind.PULL_REQUEST:
+        branch = (meta or {}).get("base_branch") or None
     return EventContext(
         kind=run.kind,
         ref=run.ref,

@@ -185,11 +185,20 @@ class Mirror:
         )
         return res.returncode == 0
 
-    def ensure(self, sha: str) -> None:
-        """Make sure the commit is in the mirror, fetching if it is not."""
+    def ensure(self, sha: str, ref: str | None = None) -> None:
+        """Make sure the commit is in the mirror, fetching if it is not. `ref` (the
+        run's ref) is fetched first when it is outside heads and tags: a pull
+        request's head lives under refs/pull/N/head of the base repository."""
         sha = check_sha(sha)
         if self.has_commit(sha):
             return
+        if ref and not ref.startswith(("refs/heads/", "refs/tags/")) and ref.startswith("refs/"):
+            try:
+                self.fetch([ref])
+            except GitError:
+                pass  # gone already (a force push): the full fetch below may still find it
+            if self.has_commit(sha):
+                return
         self.fetch()
         if self.has_commit(sha):
             return

@@ -203,3 +203,44 @@ def test_a_soft_cancel_spares_non_interruptible_steps(tmp_path):
     assert seen["deploy"] is False  # the deploy step did not see the supersede
     assert ex.calls == ["deploy"]  # but nothing after it started
     assert final.state is RunState.CANCELED and "superseded" in final.reason
+
+
+def test_a_pull_request_head_is_fetched_from_its_ref_and_when_sees_the_target_branch(tmp_path):
+    src = tmp_path / "src"
+    make_repo(src, {".ciwatch.yml": "when: {branch: main}\nsteps:\n  - {name: t, run: x}\n"})
+    # the PR's head commit is on no branch: only refs/pull/7/head points to it
+    from gitutil import commit, git
+
+    git(src, "checkout", "-q", "-b", "feature")
+    head = commit(src, {"f.txt": "pr"}, "pr change")
+    git(src, "update-ref", "refs/pull/7/head", head)
+    git(src, "checkout", "-q", "main")
+    git(src, "branch", "-q", "-D", "feature")
+    store = Store.open(tmp_path / "state" / "ciwatch.db")
+    url, _, _ = local_repo_info(src)
+    store.ensure_repo("app", url)
+    ex = ScriptedExecutor()
+    runner = Runner(
+        store=store,
+        mirrors=Mirrors(tmp_path / "state"),
+        executor=ex,
+        state_dir=tmp_path / "state",
+        settings=RunnerSettings(),
+        secrets={},
+        host_env={},
+    )
+    runs = {}
+    for base in ("main", "dev"):
+        ev = Event(
+            repo="app",
+            kind=EventKind.PULL_REQUEST,
+            ref="refs/pull/7/head",
+            sha=head,
+            trusted=False,
+            pr_number=7 if base == "main" else 8,
+            meta=(("base_branch", base),),
+        )
+        run, _ = store.submit(ev)
+        runs[base] = runner.execute(run.id, worker="w")
+    assert runs["main"].state is RunState.SUCCESS and ex.calls == ["t"]
+    assert runs["dev"].state is RunState.SKIPPED
