@@ -528,3 +528,12 @@ def test_a_version_1_database_is_upgraded_in_place(db_path: Path, clock: Clock) 
     assert run.state is RunState.QUEUED and run.wait_reason == "" and run.priority == 0
     assert s.settings()["user_version"] == len(MIGRATIONS)
     s.close()
+
+
+def test_webhook_deliveries_are_recorded_once(db_path: Path, clock: Clock) -> None:
+    s = Store.open(db_path, clock=clock)
+    assert not s.delivery_seen("gh", "abc-1")
+    assert s.record_delivery("gh", "abc-1") is True
+    assert s.delivery_seen("gh", "abc-1") and not s.delivery_seen("gitea", "abc-1")
+    assert s.record_delivery("gh", "abc-1") is False  # a replay
+    s.close()
