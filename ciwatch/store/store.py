@@ -17,6 +17,7 @@ from ciwatch.model import Event, Repo, Run, RunState, ref_bytes
 from ciwatch.store.attempts import AttemptsMixin
 from ciwatch.store.database import Database
 from ciwatch.store.deliveries import DeliveriesMixin
+from ciwatch.store.outbox import OutboxMixin
 from ciwatch.store.refs import RefsMixin
 from ciwatch.store.rows import (
     EVENT_SELECT,
@@ -36,7 +37,7 @@ _RUNNING = RunState.RUNNING.value
 _QUEUED = RunState.QUEUED.value
 
 
-class Store(AttemptsMixin, StepsMixin, RefsMixin, SchedMixin, DeliveriesMixin):
+class Store(AttemptsMixin, StepsMixin, RefsMixin, SchedMixin, DeliveriesMixin, OutboxMixin):
     """ciwatch's database. Safe to share between threads; close() when done."""
 
     def __init__(self, db: Database, clock: Callable[[], float]) -> None:
