@@ -1,0 +1,166 @@
+"""`ciwatch forge ...`: the forges named under `forges:` in the config.
+
+`forge check NAME` asks the forge what its token may do: can it read each
+repository that names this forge, and may it post commit statuses there.
+It posts nothing. Exit status: 0 all fine, 1 something is missing, 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import click
+
+from ciwatch.app import App
+from ciwatch.cli import config_option, json_option
+from ciwatch.config import ForgeConfig
+from ciwatch.errors import ConfigError
+from ciwatch.forges.client import ForgeClient
+from ciwatch.forges.status import api_base
+
+
+def read_credential(
+    file: str | None,
+    credential: str | None,
+    *,
+    base: Path,
+    environ: Mapping[str, str],
+    key: str,
+) -> str | None:
+    """A token or secret from `file` (relative to the config's directory) or
+    from the systemd credential `credential` ($CREDENTIALS_DIRECTORY/<name>);
+    None when neither is set. `key` names the setting in error messages."""
+    if file:
+        path, where = base / file, f"{key}_file"
+    elif credential:
+        creds = environ.get("CREDENTIALS_DIRECTORY")
+        if not creds:
+            raise ConfigError(
+                [f"{key}_credential: $CREDENTIALS_DIRECTORY is not set (LoadCredential=)"]
+            )
+        if "/" in credential or credential in (".", ".."):
+            raise ConfigError([f"{key}_credential: a credential name, not a path"])
+        path, where = Path(creds) / credential, f"{key}_credential"
+    else:
+        return None
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError([f"{where}: cannot read {path}: {reason}"]) from None
+    if not value:
+        raise ConfigError([f"{where}: {path} is empty"])
+    return value
+
+
+def forge_token(forge: ForgeConfig, base: Path, environ: Mapping[str, str]) -> str | None:
+    return read_credential(
+        forge.token_file, forge.token_credential, base=base, environ=environ, key="token"
+    )
+
+
+def webhook_secret(forge: ForgeConfig, base: Path, environ: Mapping[str, str]) -> str | None:
+    return read_credential(
+        forge.webhook_secret_file,
+        forge.webhook_secret_credential,
+        base=base,
+        environ=environ,
+        key="webhook_secret",
+    )
+
+
+def forge_client(
+    forge: ForgeConfig, base: Path, environ: Mapping[str, str], **kwargs
+) -> ForgeClient:
+    """The status client for one configured forge, its token read."""
+    token = forge_token(forge, base, environ)
+    return ForgeClient(forge.kind, api_base(forge.kind, forge.url, forge.api_url), token, **kwargs)
+
+
+def _file_warning(forge: ForgeConfig, base: Path) -> list[str]:
+    if not forge.token_file:
+        return []
+    try:
+        mode = (base / forge.token_file).stat().st_mode
+    except OSError:
+        return []
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [f"note: {forge.token_file} is readable by others; chmod 600 it"]
+    return []
+
+
+@click.group()
+def forge() -> None:
+    """The forges under `forges:` in the config (GitHub, Gitea, Forgejo, GitLab)."""
+
+
+@forge.command()
+@click.argument("name")
+@click.option(
+    "--repo",
+    "forge_repos",
+    multiple=True,
+    metavar="OWNER/NAME",
+    help="Check this forge repository (repeatable; default: every repo naming this forge).",
+)
+@json_option
+@config_option
+def check(name, forge_repos, as_json, config_path):
+    """Ask forge NAME what its token may do: whether it is accepted, can read
+    each repository that names this forge, and may post commit statuses there
+    (GitHub and Gitea: push access; GitLab: the Developer role and the api
+    scope). Nothing is posted. Exit status: 0 all fine, 1 something missing.
+
+    \b
+    Examples:
+      ciwatch forge check home
+      ciwatch forge check home --repo team/app
+    """
+    app = App.load(config_path)
+    forges = app.config.forges
+    if name not in forges:
+        known = ", ".join(sorted(forges)) or "none configured"
+        raise click.BadParameter(f"no forge {name!r} in the config (forges: {known})")
+    cfg = forges[name]
+    named = [r for r in app.config.repos if r.forge == name]
+    repos = list(forge_repos) or [r.forge_repo for r in named if r.forge_repo]
+    try:
+        client = forge_client(cfg, app.base, app.environ)
+    except ConfigError as exc:
+        problems = [f"forges.{name}.{p}" for p in exc.problems]
+        raise ConfigError(problems, exc.source) from None
+    results: dict[str, list[str]] = {}
+    try:
+        for repo in repos:
+            results[repo] = client.check(repo)
+    finally:
+        client.close()
+    notes = _file_warning(cfg, app.base)
+    if not forge_repos:
+        notes += [f"note: repo {r.name!r} has no forge_repo" for r in named if not r.forge_repo]
+    if not repos:
+        notes.append(f"note: no repository names forge {name!r}; give one with --repo OWNER/NAME")
+    failed = any(
+        line.startswith(("missing:", "error:")) for lines in results.values() for line in lines
+    )
+    if as_json:
+        doc = {"forge": name, "kind": cfg.kind, "api": client.api_base, "ok": not failed}
+        doc.update(notes=notes, repos=results)
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"forge {name} ({cfg.kind}), API at {client.api_base}")
+        for line in notes:
+            click.echo(f"  {line}")
+        for repo, lines in results.items():
+            click.echo(f"{repo}:")
+            for line in lines:
+                click.echo(f"  {line}")
+    if failed:
+        sys.exit(1)
+
+
+COMMANDS = [forge]
