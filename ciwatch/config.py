@@ -121,8 +121,12 @@ class DaemonConfig(_Model):
 
 class ForgeConfig(_Model):
     kind: Literal["github", "gitea", "forgejo", "gitlab"]
-    url: str  # the web/API base: https://github.com (API at api.github.com), https://git.example.org
-    api_url: str | None = None  # only when the API is elsewhere (GitHub Enterprise: https://ghe/api/v3)
+    url: (
+        str  # the web/API base: https://github.com (API at api.github.com), https://git.example.org
+    )
+    api_url: str | None = (
+        None  # only when the API is elsewhere (GitHub Enterprise: https://ghe/api/v3)
+    )
     token_file: str | None = None  # or a systemd credential: token_credential
     token_credential: str | None = None  # a name under $CREDENTIALS_DIRECTORY
     webhook_secret_file: str | None = None

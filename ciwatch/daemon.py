@@ -26,11 +26,14 @@ from ciwatch.daemonops import Operations
 from ciwatch.dispatch import LocalDispatcher
 from ciwatch.errors import CiwatchError
 from ciwatch.faults import fault_from
+from ciwatch.forgewiring import forge_clients, hook_forges, horizons, repo_forges
 from ciwatch.git import Git
 from ciwatch.hookinstall import default_spool, default_url_file, write_daemon_url
 from ciwatch.intake import Intake
 from ciwatch.model import Repo
+from ciwatch.outbox import Outbox
 from ciwatch.recovery import recover
+from ciwatch.reporting import Reporter
 from ciwatch.resolve import Resolver
 from ciwatch.scheduler import Scheduler
 from ciwatch.sdnotify import NOTIFY_ENV, Notifier
@@ -39,6 +42,8 @@ from ciwatch.sources.cron import CronSource
 from ciwatch.sources.hookspool import HookSpool
 from ciwatch.sources.poller import Poller, PollTarget
 from ciwatch.store import Store
+from ciwatch.web.hooks import StoreDeliveries, hooks_router
+from ciwatch.web.server import WebServer, create_app
 from ciwatch.worker import LEASE_ENV, worker_env
 from ciwatch.workspace import Mirrors
 
@@ -71,6 +76,14 @@ class Wiring:
     config: Config
     base: Path
     repos: dict[str, Repo]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:8750" or "[::1]:8750" -> (host, port); port 0 picks a free one."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CiwatchError(f"listen: {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 def hold_lock(state_dir: Path) -> int:
@@ -176,6 +189,7 @@ class Daemon:
         self.poller.start()
         self.cron.start()
         self.scheduler.start()
+        self._start_forges(config, base)
         self.control = ControlServer(self.state_dir / "control.sock", self.ops.handlers(), self.log)
         self.control.start()
         self._write_url(config)
@@ -190,6 +204,31 @@ class Daemon:
             url = str((base / r.path).resolve()) if r.path else r.url
             repos[r.name] = self.store.ensure_repo(r.name, url, r.default_branch)
         return Wiring(config, base, repos)
+
+    def _start_forges(self, config: Config, base: Path) -> None:
+        """Statuses out (the reporting sweep feeds the outbox), webhooks in."""
+        self.reporter = Reporter(
+            self.store, repo_forges(config), self._public_url(config), log=self.log
+        )
+        self.outbox = Outbox(
+            self.store,
+            forge_clients(config, base, self.environ),
+            horizons=horizons(config),
+            before_pass=self.reporter.sweep,
+            log=self.log,
+        )
+        self.outbox.start()
+        self.hook_forges = hook_forges(config, base, self.environ)
+        router = hooks_router(
+            self.hook_forges, self.intake.submit, StoreDeliveries(self.store), log=self.log
+        )
+        host, port = split_listen(config.listen)
+        self.web = WebServer(create_app(router), host, port, self.log)
+        self.web.start()
+
+    @staticmethod
+    def _public_url(config: Config) -> str:
+        return (config.public_url or f"http://{config.listen}").rstrip("/")
 
     def _resolver(self, config: Config) -> Resolver:
         return Resolver(
@@ -238,7 +277,7 @@ class Daemon:
         self.cron.set_schedules([(w.repos[s.repo], s.cron, s.branch) for s in config.schedules])
 
     def _write_url(self, config: Config) -> None:
-        url = config.public_url or f"http://{config.listen}"
+        url = config.public_url or self.web.url
         write_daemon_url(default_url_file(self.state_dir), os.getpid(), url)
 
     # -- run -----------------------------------------------------------------
@@ -287,6 +326,10 @@ class Daemon:
         self._apply_sources(config)
         self.scheduler.set_limits(config.concurrency, self._repo_limits(config))
         self.scheduler.resolver = self.resolver = self._resolver(config)
+        self.reporter.forges = repo_forges(config)
+        self.outbox.set_clients(forge_clients(config, base, self.environ), horizons(config))
+        self.hook_forges.clear()
+        self.hook_forges.update(hook_forges(config, base, self.environ))
         self.dispatcher.update_env(self._worker_env(config, base))
         self.log.info("configuration reloaded: %d repositories", len(self.wiring.repos))
         self.notifier.ready()
@@ -297,7 +340,7 @@ class Daemon:
         as interrupted (they run again at the next start)."""
         self.notifier.stopping()
         self.log.info("stopping: intake closed")
-        for part in (self.control, self.spool, self.watch, self.poller, self.cron):
+        for part in (self.web, self.control, self.spool, self.watch, self.poller, self.cron):
             try:
                 part.stop()
             except Exception:  # a stop boundary: the others must still stop
@@ -308,6 +351,7 @@ class Daemon:
         left = self.dispatcher.shutdown(self.wiring.config.daemon.shutdown_grace, self.store)
         if left:
             self.log.warning("left running at exit: %s", left)
+        self.outbox.stop()  # what it could not send yet stays in the store for the next start
         try:
             default_url_file(self.state_dir).unlink()
         except FileNotFoundError:

@@ -102,6 +102,8 @@ class Operations:
             "queued": [self._run_info(r) for r in queued],
             "sources": sources,
             "errors": self.d.recent_errors.items(),
+            "outbox": self.d.outbox.status(),
+            "web": self.d.web.url,
         }
 
     def status_line(self) -> str:

@@ -49,7 +49,7 @@ class DaemonProc:
         self.workdir = workdir
         self.state = workdir / "state"
         self.config_path = workdir / "ciwatch.yaml"
-        config = {"state_dir": str(self.state), **config}
+        config = {"state_dir": str(self.state), "listen": "127.0.0.1:0", **config}
         config.setdefault("daemon", {}).setdefault("shutdown_grace", "5s")
         self.config_path.write_text(yaml.safe_dump(config))
         self.env = env or {}

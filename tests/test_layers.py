@@ -53,6 +53,7 @@ LAYERS = {
     "ciwatch.daemonops": COMPOSITION,
     "ciwatch.faults": COMPOSITION,
     "ciwatch.logsetup": COMPOSITION,
+    "ciwatch.forgewiring": COMPOSITION,
     "ciwatch.worker": COMPOSITION,
     "ciwatch.why": COMPOSITION,
     "ciwatch.sources": PURE,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import stat
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -19,66 +18,7 @@ from ciwatch.app import App
 from ciwatch.cli import config_option, json_option
 from ciwatch.config import ForgeConfig
 from ciwatch.errors import ConfigError
-from ciwatch.forges.client import ForgeClient
-from ciwatch.forges.status import api_base
-
-
-def read_credential(
-    file: str | None,
-    credential: str | None,
-    *,
-    base: Path,
-    environ: Mapping[str, str],
-    key: str,
-) -> str | None:
-    """A token or secret from `file` (relative to the config's directory) or
-    from the systemd credential `credential` ($CREDENTIALS_DIRECTORY/<name>);
-    None when neither is set. `key` names the setting in error messages."""
-    if file:
-        path, where = base / file, f"{key}_file"
-    elif credential:
-        creds = environ.get("CREDENTIALS_DIRECTORY")
-        if not creds:
-            raise ConfigError(
-                [f"{key}_credential: $CREDENTIALS_DIRECTORY is not set (LoadCredential=)"]
-            )
-        if "/" in credential or credential in (".", ".."):
-            raise ConfigError([f"{key}_credential: a credential name, not a path"])
-        path, where = Path(creds) / credential, f"{key}_credential"
-    else:
-        return None
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError([f"{where}: cannot read {path}: {reason}"]) from None
-    if not value:
-        raise ConfigError([f"{where}: {path} is empty"])
-    return value
-
-
-def forge_token(forge: ForgeConfig, base: Path, environ: Mapping[str, str]) -> str | None:
-    return read_credential(
-        forge.token_file, forge.token_credential, base=base, environ=environ, key="token"
-    )
-
-
-def webhook_secret(forge: ForgeConfig, base: Path, environ: Mapping[str, str]) -> str | None:
-    return read_credential(
-        forge.webhook_secret_file,
-        forge.webhook_secret_credential,
-        base=base,
-        environ=environ,
-        key="webhook_secret",
-    )
-
-
-def forge_client(
-    forge: ForgeConfig, base: Path, environ: Mapping[str, str], **kwargs
-) -> ForgeClient:
-    """The status client for one configured forge, its token read."""
-    token = forge_token(forge, base, environ)
-    return ForgeClient(forge.kind, api_base(forge.kind, forge.url, forge.api_url), token, **kwargs)
+from ciwatch.forgewiring import forge_client
 
 
 def _file_warning(forge: ForgeConfig, base: Path) -> list[str]:

@@ -99,7 +99,7 @@ def hooks_router(
     """The webhook routes. `submit` stores one event durably (or raises);
     it and `deliveries` are called from a worker thread, not the event loop."""
     log = log or logging.getLogger("ciwatch.web.hooks")
-    forges = dict(forges)
+    # Not copied: the daemon updates the mapping in place when it reloads its config.
     warned_unsigned: set[str] = set()
     router = APIRouter()
 
