@@ -89,43 +89,75 @@ def test_the_final_status_arrives_after_the_forge_recovers_and_a_restart(tmp_pat
             d.stop()
 
 
-def _signed_post(url: str, body: bytes, headers: dict, secret: bytes) -> requests.Response:
-    return requests.post(
-        url,
-        data=body,
-        timeout=10,
-        headers={
-            **headers,
-            "Content-Type": "application/json",
-            "X-Hub-Signature-256": "sha256=" + sign(secret, body),
-        },
-    )
+PUSH_PAYLOADS = {
+    "github": (
+        "github/push.new-branch.payload.json",
+        {"X-GitHub-Event": "push"},
+        "X-GitHub-Delivery",
+    ),
+    "gitea": ("gitea/push.captured.payload.json", {"X-Gitea-Event": "push"}, "X-Gitea-Delivery"),
+    "forgejo": (
+        "forgejo/push.captured.payload.json",
+        {"X-Forgejo-Event": "push"},
+        "X-Forgejo-Delivery",
+    ),
+    "gitlab": (
+        "gitlab/push.captured.payload.json",
+        {"X-Gitlab-Event": "Push Hook"},
+        "X-Gitlab-Event-UUID",
+    ),
+}
 
 
-def test_a_github_push_webhook_starts_a_run_and_replays_are_ignored(tmp_path):
+def _signature(kind: str, secret: bytes, body: bytes) -> dict:
+    if kind == "gitlab":
+        return {"X-Gitlab-Token": secret.decode()}
+    if kind == "gitea":
+        return {"X-Gitea-Signature": sign(secret, body)}
+    if kind == "forgejo":
+        return {"X-Forgejo-Signature": sign(secret, body)}
+    return {"X-Hub-Signature-256": "sha256=" + sign(secret, body)}
+
+
+@pytest.mark.parametrize("kind", ["github", "gitea", "forgejo", "gitlab"])
+def test_a_push_webhook_starts_a_run_whose_status_reaches_the_forge(tmp_path, kind):
+    from test_forge_status import assert_valid
+
+    from ciwatch.forges.types import ForgeKind
+
     bare, work = setup_repo(tmp_path)
     sha = push(work, bare)  # the commit exists in the repository the daemon mirrors
-    payload = json.loads((SPECS / "github" / "push.new-branch.payload.json").read_text())
-    payload["after"], payload["before"] = sha, "0" * 40
-    payload["ref"] = "refs/heads/from-webhook"
-    payload["repository"]["full_name"] = "team/app"
+    rel, head, delivery = PUSH_PAYLOADS[kind]
+    payload = json.loads((SPECS / rel).read_text())
+    payload.update({"after": sha, "before": "0" * 40, "ref": "refs/heads/from-webhook"})
+    if kind == "gitlab":
+        payload["checkout_sha"] = sha
+        payload["project"]["path_with_namespace"] = "team/app"
+    else:
+        payload["repository"]["full_name"] = "team/app"
     body = json.dumps(payload).encode()
-    with FakeForge("github") as forge:
+    with FakeForge(kind) as forge:
         d = DaemonProc(tmp_path, config(tmp_path, forge, bare))
         d.start()
         try:
-            web = d.cli("status", "--json")
-            url = json.loads(web.stdout)["web"] + "/hooks/home"
-            head = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1"}
-            bad = _signed_post(url, body, head, b"wrong secret")
-            assert bad.status_code == 401
-            ok = _signed_post(url, body, head, b"s3cret-for-hooks")
+            url = json.loads(d.cli("status", "--json").stdout)["web"] + "/hooks/home"
+
+            def post(secret: bytes) -> requests.Response:
+                headers = {**head, delivery: "d-1", "Content-Type": "application/json"}
+                headers.update(_signature(kind, secret, body))
+                return requests.post(url, data=body, headers=headers, timeout=10)
+
+            assert post(b"wrong secret").status_code == 401
+            ok = post(b"s3cret-for-hooks")
             assert ok.status_code in (200, 202), ok.text
-            again = _signed_post(url, body, head, b"s3cret-for-hooks")
-            assert again.status_code == 200 and again.json().get("duplicate")
+            again = post(b"s3cret-for-hooks")
+            assert again.status_code == 200 and again.json().get("duplicate"), again.text
             runs = d.wait_runs_finished(1)
             assert [(r.ref, r.sha, r.source) for r in runs] == [
                 ("refs/heads/from-webhook", sha, "webhook")
             ]
+            wait_for(lambda: "success" in states_for(forge, sha), 20, what="the final status")
         finally:
             d.stop()
+        for _repo, _sha, doc in forge.statuses:
+            assert_valid(ForgeKind(kind), doc)  # every status matches the forge's own schema
