@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -309,3 +311,27 @@ def test_forge_check_usage_and_file_problems(tmp_path):
         (tmp_path / "forge.token").unlink()
         result = _cli("forge", "check", "home", "-c", config)
         assert result.exit_code == 2 and "forges.home.token_file: cannot read" in result.output
+
+
+def test_forge_hook_url_prints_the_endpoint_and_settings(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "public_url: https://ci.example.org\n"
+        "forges: {home: {kind: gitlab, url: https://gitlab.example.org}}\n"
+        "repos: [{name: app, url: https://gitlab.example.org/team/app.git, forge: home,"
+        " forge_repo: team/app}]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "ciwatch", "forge", "hook-url", "home", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "https://ci.example.org/hooks/home"
+    assert "Merge request events" in out.stdout and "team/app" in out.stdout
+    assert "no webhook secret" in out.stdout

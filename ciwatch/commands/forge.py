@@ -103,4 +103,50 @@ def check(name, forge_repos, as_json, config_path):
         sys.exit(1)
 
 
+_HOOK_SETTINGS = {
+    "github": [
+        "Settings → Webhooks → Add webhook",
+        "Content type: application/json",
+        "Secret: the contents of webhook_secret_file",
+        "Events: Pushes, Pull requests",
+    ],
+    "gitea": [
+        "Settings → Webhooks → Add webhook → Gitea",
+        "HTTP method POST, content type application/json",
+        "Secret: the contents of webhook_secret_file",
+        "Trigger on: Push events, Pull request events (or 'All events')",
+        "Gitea must be allowed to call this host: [webhook] ALLOWED_HOST_LIST in app.ini",
+    ],
+    "gitlab": [
+        "Settings → Webhooks → Add new webhook",
+        "Secret token: the contents of webhook_secret_file",
+        "Trigger: Push events, Tag push events, Merge request events",
+        "A local address needs 'Allow requests to the local network' (admin settings)",
+    ],
+}
+_HOOK_SETTINGS["forgejo"] = [line.replace("Gitea", "Forgejo") for line in _HOOK_SETTINGS["gitea"]]
+
+
+@forge.command("hook-url")
+@click.argument("name")
+@config_option
+def hook_url(name, config_path):
+    """Print the webhook URL and settings to paste into forge NAME."""
+    app = App.load(config_path)
+    cfg = app.config.forges.get(name)
+    if cfg is None:
+        known = ", ".join(sorted(app.config.forges)) or "none"
+        raise click.UsageError(f"no forge {name!r} in the config (forges: {known})")
+    base = (app.config.public_url or f"http://{app.config.listen}").rstrip("/")
+    click.echo(f"{base}/hooks/{name}")
+    for line in _HOOK_SETTINGS[cfg.kind]:
+        click.echo(f"  {line}")
+    repos = [r.forge_repo for r in app.config.repos if r.forge == name and r.forge_repo]
+    click.echo(f"  Repositories: {', '.join(repos) or 'none names this forge yet'}")
+    if not (cfg.webhook_secret_file or cfg.webhook_secret_credential):
+        click.echo("  warning: no webhook secret is configured: deliveries are not authenticated")
+    if base.startswith("http://127.") or base.startswith("http://localhost"):
+        click.echo("  note: public_url is not set: the forge must reach this address")
+
+
 COMMANDS = [forge]
