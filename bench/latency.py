@@ -23,7 +23,12 @@ steps.started_at), the daemon's debug log ("dispatched", millisecond stamps) and
 the kept workspace (its `tmp/` is made just before the clone, `src/.git/index` is
 written last by the checkout).
 
-    python3 bench/latency.py [--pushes 50] [--poll-pushes 30] [--sources hook,watcher,poller]
+A diagnostic fourth run, `hook-late-spare`: the hook again, with the daemon started
+so that the spare it starts at each dispatch waits 0.5 s before starting Python,
+to see what that interpreter start costs the run it competes with for the CPU.
+
+    python3 bench/latency.py [--pushes 50] [--poll-pushes 30] [--late-pushes 25]
+                             [--sources hook,watcher,poller,hook-late-spare]
 """
 
 from __future__ import annotations
@@ -224,8 +229,11 @@ def checkout_times(state: Path, repo_id: int, number: int) -> tuple[float, float
         return None
 
 
-def baseline_trial(mirror: Path, sha: str, scratch: Path, contended: bool = False) -> float:
-    """clone --shared + checkout + sh running `date`: seconds to the `date`. With
+def baseline_trial(
+    mirror: Path, sha: str, scratch: Path, contended: bool = False
+) -> tuple[float, float]:
+    """clone --shared + checkout + sh running `date`: (seconds to the `date`, of which
+    from starting sh to the `date`). With
     `contended`, an interpreter importing ciwatch starts at the same moment, as the
     daemon starts a new spare worker when it dispatches a run."""
     dest, marker = scratch / "bl", scratch / "bl.mark"
@@ -249,12 +257,13 @@ def baseline_trial(mirror: Path, sha: str, scratch: Path, contended: bool = Fals
         check=True,
         capture_output=True,
     )
+    t1 = time.time()
     subprocess.run(["sh", "-c", 'date +%s.%N > "$1"', "sh", str(marker)], cwd=dest, check=True)
-    took = float(marker.read_text()) - t0
+    at = float(marker.read_text())
     if spare is not None:
         spare.wait()
     shutil.rmtree(dest, ignore_errors=True)
-    return took
+    return at - t0, at - t1
 
 
 REPLAY = r"""
@@ -304,20 +313,60 @@ def replay(state: Path, repo_id: int, url: str, sha: str, before: str, scratch: 
 
 # -- the benchmark ---------------------------------------------------------------------
 
+# (key, what, measured from): "dispatched" is logged after the run id is written to
+# the spare and a new spare is started, so the claim is measured from "resolved".
 PHASES = (
-    ("push", "git push returned"),
-    ("stored", "intake: event and run stored"),
-    ("resolved", "resolved (pipeline read, mirror fetched)"),
-    ("dispatched", "dispatched to the spare worker"),
-    ("claimed", "worker claimed (attempt row)"),
-    ("co_start", "worker: pipeline compiled, checkout starts"),
-    ("co_done", "checkout done"),
-    ("executor", "executor starts the step (steps row)"),
-    ("step", "step process runs (`date`)"),
+    ("stored", "intake: event and run stored", "t0"),
+    ("push", "git push returned", "t0"),
+    ("resolved", "resolved (mirror fetched, pipeline read)", "stored"),
+    ("dispatched", "dispatched (logged, ms stamps)", "resolved"),
+    ("claimed", "worker claimed (attempt row)", "resolved"),
+    ("co_start", "worker: pipeline compiled, checkout starts", "claimed"),
+    ("co_done", "checkout done", "co_start"),
+    ("executor", "executor starts the step (steps row)", "co_done"),
+    ("step", "step process runs (`date`)", "executor"),
 )
 
+LAUNCHER = r"""
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from ciwatch.commands.serve import setup_logging
+from ciwatch.daemon import Daemon
+setup_logging("debug", os.environ)
+# A spare started at a dispatch waits before starting Python: it does not compete
+# with the run just dispatched for the CPU.
+late = 'sleep "$CIWATCH_BENCH_SPARE_DELAY"; exec "$0" -m ciwatch worker "$@"'
+d = Daemon(Path(sys.argv[2]), worker_argv=["sh", "-c", late, sys.executable])
+d.start()
+signal.signal(signal.SIGTERM, lambda *_: d.stopping.set())
+d.serve_forever()
+"""
 
-def run_source(source: str, base: Path, pushes: int, gd: GitDaemon | None) -> dict:
+
+class LateSpares(DaemonProc):
+    """The daemon as `ciwatch serve` runs it, except that a spare worker starts
+    `delay` seconds after it is spawned (a diagnostic: no contention for the CPU
+    between a dispatched run and the next spare's interpreter start)."""
+
+    def __init__(self, workdir: Path, config: dict, delay: float) -> None:
+        super().__init__(workdir, config, env={"CIWATCH_BENCH_SPARE_DELAY": str(delay)})
+
+    def start(self, wait: bool = True, env: dict | None = None) -> DaemonProc:
+        full = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        full.pop("NOTIFY_SOCKET", None)
+        self._logf = open(self.log, "ab")
+        argv = [sys.executable, "-c", LAUNCHER, str(ROOT), str(self.config_path)]
+        self.proc = subprocess.Popen(
+            argv, env=full, stdout=self._logf, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        wait_for(lambda: (self.state / "daemon.url").exists(), 30, what="the daemon")
+        return self
+
+
+def run_source(
+    source: str, base: Path, pushes: int, gd: GitDaemon | None, late_spare: float = 0.0
+) -> dict:
     marks = base / "marks"
     marks.mkdir(parents=True)
     pipeline = f"steps:\n  - name: mark\n    run: date +%s.%N > {marks}/$CIWATCH_SHA\n"
@@ -328,18 +377,20 @@ def run_source(source: str, base: Path, pushes: int, gd: GitDaemon | None) -> di
     else:
         bare = base / "app.git"
         repo = {"name": "app", "path": str(bare), "watch": source == "watcher"}
+    hook = source.startswith("hook")
     work = make_repos(base, pipeline, bare)
     plain = base / "plain.git"  # no hook, nobody watching: what the push alone costs
     git(base, "clone", "-q", "--bare", str(bare), str(plain))
-    d = DaemonProc(base, {"workspace": {"keep_all": True}, "repos": [repo]})
-    if source == "hook":
+    config = {"workspace": {"keep_all": True}, "repos": [repo]}
+    d = LateSpares(base, config, late_spare) if late_spare else DaemonProc(base, config)
+    if hook:
         out = d.cli("install-hook", str(bare), "--name", "app")
         assert out.returncode == 0, out.stderr
     d.start()
     rows = Rows(d.state / "ciwatch.db")
     scratch = base / "scratch"
     scratch.mkdir()
-    samples, baseline, contended, pushes_alone = [], [], [], []
+    samples, baseline, spawn, contended, pushes_alone = [], [], [], [], []
     try:
         if source == "poller":  # the first poll records the refs; pushes after it count
             has_refs = "SELECT 1 FROM refs_seen LIMIT 1"
@@ -354,11 +405,14 @@ def run_source(source: str, base: Path, pushes: int, gd: GitDaemon | None) -> di
                 continue  # a cold mirror: not counted
             samples.append({"sha": sha, "t0": t0, "push": t1, "step": step})
             mirror = d.state / "mirrors" / f"{rows.timeline(sha)['repo_id']}.git"
-            baseline.append(baseline_trial(mirror, sha, scratch))
+            wait_spares(d.proc.pid)  # the baseline does not compete with a spare's start
+            total, sh = baseline_trial(mirror, sha, scratch)
+            baseline.append(total)
+            spawn.append(sh)
             p0, p1 = timed_push(work, str(plain))
             pushes_alone.append(p1 - p0)
-            if source == "hook":
-                contended.append(baseline_trial(mirror, sha, scratch, contended=True))
+            if hook and not late_spare:
+                contended.append(baseline_trial(mirror, sha, scratch, contended=True)[0])
         dispatched = dispatched_times(d.log)
         for s in samples:
             tl = rows.timeline(s["sha"])
@@ -367,11 +421,11 @@ def run_source(source: str, base: Path, pushes: int, gd: GitDaemon | None) -> di
             co = checkout_times(d.state, tl["repo_id"], tl["number"])
             s["co_start"], s["co_done"] = co if co else (None, None)
         extra = {}
-        if source == "hook" and samples:
+        if hook and samples and not late_spare:
             last = rows.timeline(samples[-1]["sha"])
             before = samples[-2]["sha"] if len(samples) > 1 else sha
-            url = str(bare.resolve())
             d.stop()
+            url = str(bare.resolve())
             extra = replay(d.state, last["repo_id"], url, samples[-1]["sha"], before, scratch)
     finally:
         rows.close()
@@ -379,6 +433,7 @@ def run_source(source: str, base: Path, pushes: int, gd: GitDaemon | None) -> di
     return {
         "samples": samples,
         "baseline": baseline,
+        "spawn": spawn,
         "contended": contended,
         "replay": extra,
         "push_alone": pushes_alone,
@@ -395,7 +450,7 @@ def report(source: str, res: dict, interval: float = 0.0) -> None:
         f"max {ms(max(lat))} ms; baseline median {ms(bmed)} ms, p95 {ms(bp95)} ms "
         f"-> median baseline +{ms(med - bmed)} ms, p95 baseline +{ms(p95 - bp95)} ms"
     )
-    if source == "hook":
+    if source.startswith("hook"):
         ok = med - bmed <= 0.020 and p95 - bp95 <= 0.040
         print(f"  target: median <= baseline + 20 ms, p95 <= baseline + 40 ms: {_met(ok)}")
     elif source == "watcher":
@@ -403,11 +458,12 @@ def report(source: str, res: dict, interval: float = 0.0) -> None:
     else:
         ok = med <= interval + bmed + 0.060
         print(f"  target: median <= {interval:g} s + baseline + 60 ms: {_met(ok)}")
-    pa = res["push_alone"]
+    pa = statistics.median(res["push_alone"])
     print(
-        f"  `git push` alone (same commit, a bare repository without hook): median "
-        f"{ms(statistics.median(pa))} ms; latency - push alone - baseline: median "
-        f"{ms(med - statistics.median(pa) - bmed)} ms"
+        f"  baseline's parts: clone + checkout {ms(bmed - statistics.median(res['spawn']))} ms, "
+        f"`sh -c date` {ms(statistics.median(res['spawn']))} ms (medians); `git push` alone "
+        f"(a bare repository without hook): {ms(pa)} ms; latency - push alone - baseline: "
+        f"{ms(med - pa - bmed)} ms"
     )
     if res.get("contended"):
         c = res["contended"]
@@ -415,23 +471,22 @@ def report(source: str, res: dict, interval: float = 0.0) -> None:
             f"  baseline with an interpreter importing ciwatch started alongside (as the spare "
             f"spawned at dispatch): median {ms(statistics.median(c))} ms, p95 {ms(pct(c, 0.95))} ms"
         )
-    print("  phase (median; from the push start | from the phase before):")
-    prev_name, prev = "t0", [0.0] * len(res["samples"])
-    for key, label in PHASES:
-        vals = [s[key] - s["t0"] if s.get(key) is not None else None for s in res["samples"]]
-        ok_pairs = [(v, p) for v, p in zip(vals, prev, strict=True) if v is not None]
-        if not ok_pairs:
-            print(f"    {label:48s} n/a")
+    print("  phase: median at (from the push start) | median and p95 of (phase - the one named)")
+    for key, label, since in PHASES:
+        pairs = [
+            (s[key] - s["t0"], s[key] - s[since] if since != "t0" else s[key] - s["t0"])
+            for s in res["samples"]
+            if s.get(key) is not None and (since == "t0" or s.get(since) is not None)
+        ]
+        if not pairs:
+            print(f"    {label:44s} n/a")
             continue
-        at = statistics.median(v for v, _ in ok_pairs)
-        step = statistics.median(v - p for v, p in ok_pairs)
-        p95s = pct([v - p for v, p in ok_pairs], 0.95)
+        at = statistics.median(a for a, _ in pairs)
+        delta = [d for _, d in pairs]
         print(
-            f"    {label:48s} {ms(at):>7s} ms | +{ms(step):>6s} ms (p95 +{ms(p95s)}) "
-            f"[after {prev_name}]"
+            f"    {label:44s} {ms(at):>6s} ms | {ms(statistics.median(delta)):>6s} ms, "
+            f"p95 {ms(pct(delta, 0.95)):>6s} ms  - {since}"
         )
-        # phases may overlap the push (the hook runs inside it): keep the order anyway
-        prev_name, prev = key, [v if v is not None else p for v, p in zip(vals, prev, strict=True)]
     if res.get("replay"):
         print("  the same work alone in a fresh interpreter (first call | median of 10 more):")
         for name, (first, warm) in res["replay"].items():
@@ -446,7 +501,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pushes", type=int, default=50)
     ap.add_argument("--poll-pushes", type=int, default=30)
-    ap.add_argument("--sources", default="hook,watcher,poller")
+    ap.add_argument("--sources", default="hook,watcher,poller,hook-late-spare")
+    ap.add_argument("--late-pushes", type=int, default=25)
+    ap.add_argument("--spare-delay", type=float, default=0.5)
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
     sources = args.sources.split(",")
@@ -456,9 +513,12 @@ def main() -> None:
         results = {}
         with GitDaemon(base / "served") as gd:
             for source in sources:
-                n = args.poll_pushes if source == "poller" else args.pushes
+                n = {"poller": args.poll_pushes, "hook-late-spare": args.late_pushes}.get(
+                    source, args.pushes
+                )
+                late = args.spare_delay if source == "hook-late-spare" else 0.0
                 started = time.monotonic()
-                results[source] = run_source(source, base / source, n, gd)
+                results[source] = run_source(source, base / source, n, gd, late)
                 print(f"[{source}: {time.monotonic() - started:.0f} s]", file=sys.stderr)
         print(f"load average at end: {os.getloadavg()[0]:.2f}", file=sys.stderr)
         for source in sources:
