@@ -121,6 +121,7 @@ class Daemon:
         self.reload_asked = threading.Event()
         self.notifier = Notifier.from_environ(self.environ)
         self.started_at = time.time()
+        self.outbox: Outbox | None = None
         self.recent_errors = RecentErrors()
         logging.getLogger("ciwatch").addHandler(self.recent_errors)
 
@@ -151,7 +152,7 @@ class Daemon:
             argv,
             spares=config.daemon.spare_workers,
             env=env,
-            on_done=lambda run_id, rc: self.scheduler.wake(),
+            on_done=lambda run_id, rc: self._wake(),
             log=self.log,
         )
         self.resolver = self._resolver(config)
@@ -163,9 +164,7 @@ class Daemon:
             repo_limits=self._repo_limits(config),
             log=self.log,
         )
-        self.intake = Intake(
-            self.store, self.scheduler.wake, self.log, fault=fault_from(self.environ)
-        )
+        self.intake = Intake(self.store, self._wake, self.log, fault=fault_from(self.environ))
         self.ops = Operations(self)
 
         self.aps = BackgroundScheduler(timezone="UTC")
@@ -245,6 +244,12 @@ class Daemon:
         """Workers run with the configuration this daemon accepted, not the file's
         current text (an edit not reloaded, or refused, never reaches a run)."""
         return {**worker_env(config, base), LEASE_ENV: str(config.daemon.lease)}
+
+    def _wake(self) -> None:
+        """A new run: the scheduler may start it, the outbox reports it pending."""
+        self.scheduler.wake()
+        if self.outbox is not None:  # started after the intake
+            self.outbox.wake()
 
     def _known(self, name: str) -> bool:
         return name in self.wiring.repos

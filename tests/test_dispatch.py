@@ -252,7 +252,7 @@ def test_scheduler_and_pool_run_a_branch_in_order(world):
     assert [store.get_run(r.id).state for r in runs] == [RunState.SUCCESS] * 3
     # the first commit has no group (runs whenever); the two with `queue` ran in
     # order, one after the other
-    assert order.read_text().split()[-2:] == shas
+    assert [s for s in order.read_text().split() if s in shas] == shas
     second, third = (store.get_run(r.id) for r in runs[1:])
     assert third.started_at >= second.finished_at
 

@@ -60,7 +60,10 @@ def test_a_push_ends_with_the_right_status_on_the_forge(tmp_path, kind):
         finally:
             d.stop()
         posted = states_for(forge, sha)
-        assert posted[0] == "pending"
+        # pending (queued) and running may be coalesced away when the run is quick;
+        # whatever was sent came in lifecycle order and ended with the final state
+        order = ["pending", "running", "success"]
+        assert [order.index(s) for s in posted] == sorted(order.index(s) for s in posted)
         assert all(s == sha for _r, s, _d in forge.statuses)  # never another sha
         last = [doc for _r, s, doc in forge.statuses if s == sha][-1]
         url = last.get("target_url")
