@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ciwatch import __version__
-from ciwatch.errors import CiwatchError, NotFoundError
+from ciwatch.errors import CiwatchError, GitError, NotFoundError
 from ciwatch.model import CancelMode, Event, EventKind, Repo, RunState, ref_display
 
 
@@ -45,7 +45,12 @@ class Operations:
         ref = str(req.get("ref") or f"refs/heads/{repo.default_branch}")
         if not ref.startswith("refs/"):
             ref = f"refs/heads/{ref}"
-        sha = self.resolve_head(repo, ref)
+        try:
+            sha = self.resolve_head(repo, ref)
+        except GitError:
+            raise NotFoundError(
+                f"{name}: no {ref_display(ref)} to build (no such ref, or no commits)"
+            ) from None
         event = Event(repo=name, kind=EventKind.MANUAL, ref=ref, sha=sha, source="manual")
         run, _ = self.d.intake.submit(event, force_new_run=True)
         return {"ok": True, "run": run.id, "label": run.label, "sha": sha, "ref": ref}

@@ -131,6 +131,8 @@ def render_status(st: dict, now: float) -> list[str]:
     lines = [head]
     if st.get("state_dir"):
         lines.append(f"state directory: {_text(st['state_dir'])}")
+    if st.get("web"):
+        lines.append(f"web: {_text(st['web'])} (webhooks at /hooks/FORGE)")
     running, queued = st.get("running") or [], st.get("queued") or []
     mode = "paused" if sched.get("paused") else "draining" if sched.get("draining") else "running"
     slots = f" of {sched['max_running']}" if isinstance(sched.get("max_running"), int) else ""
@@ -168,6 +170,11 @@ def render_status(st: dict, now: float) -> list[str]:
             else:
                 state = "ok"
             lines.append(f"  {name.strip():<22} {state}")
+    outbox = st.get("outbox") if isinstance(st.get("outbox"), dict) else {}
+    if outbox.get("backlog") or outbox.get("failing"):
+        failing = ", ".join(_text(f) for f in outbox.get("failing") or []) or "none"
+        backlog = _text(outbox.get("backlog") or 0)
+        lines.append(f"statuses: {backlog} waiting to be sent; failing forges: {failing}")
     errors = [e for e in st.get("errors") or [] if isinstance(e, dict)]
     if errors:
         lines.append("recent errors:")
