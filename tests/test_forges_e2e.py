@@ -4,6 +4,7 @@ webhooks into the daemon's own HTTP server."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,39 @@ def test_a_push_webhook_starts_a_run_whose_status_reaches_the_forge(tmp_path, ki
             d.stop()
         for _repo, _sha, doc in forge.statuses:
             assert_valid(ForgeKind(kind), doc)  # every status matches the forge's own schema
+
+
+def test_a_push_seen_by_the_hook_and_by_a_webhook_makes_one_run(tmp_path):
+    bare, work = setup_repo(tmp_path)
+    payload = json.loads((SPECS / "gitea" / "push.captured.payload.json").read_text())
+    with FakeForge("gitea") as forge:
+        d = DaemonProc(tmp_path, config(tmp_path, forge, bare))
+        install_hook(d, bare)
+        d.start()
+        try:
+            sha = push(work, bare, "refs/heads/both")
+            payload.update({"after": sha, "before": "0" * 40, "ref": "refs/heads/both"})
+            payload["repository"]["full_name"] = "team/app"
+            body = json.dumps(payload).encode()
+            url = json.loads(d.cli("status", "--json").stdout)["web"] + "/hooks/home"
+            answer = requests.post(
+                url,
+                data=body,
+                timeout=10,
+                headers={
+                    "X-Gitea-Event": "push",
+                    "X-Gitea-Delivery": "g-1",
+                    "Content-Type": "application/json",
+                    "X-Gitea-Signature": sign(b"s3cret-for-hooks", body),
+                },
+            )
+            assert answer.status_code in (200, 202), answer.text
+            [run] = d.wait_runs_finished(1)
+            time.sleep(1)
+            assert [r.sha for r in d.runs()] == [sha]
+            s = d.store()
+            [(event_id, _, _)] = s.find_events("app", sha_prefix=sha)
+            assert {"hook", "webhook"} <= {x.source for x in s.sightings(event_id)}
+            s.close()
+        finally:
+            d.stop()
