@@ -141,7 +141,7 @@ class Daemon:
         for line in recover(self.store, max_attempts=config.daemon.max_attempts, log=self.log):
             self.log.info("recovery: %s", line)
 
-        argv = self.worker_argv or [sys.executable, "-m", "ciwatch", "worker"]
+        argv = self.worker_argv or [sys.executable, "-m", "ciwatch.worker"]
         if self.config_path:
             argv = [*argv, "-c", str(self.config_path)]
         env = {k: v for k, v in self.environ.items() if k not in NOTIFY_ENV}

@@ -119,3 +119,15 @@ def main(
         return 1
     finally:
         app.close()
+
+
+if __name__ == "__main__":
+    # The daemon starts workers as `python -m ciwatch.worker -c CONFIG`, not through
+    # the CLI, so that a worker imports only what a run needs (no web, no forges).
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ciwatch worker")
+    parser.add_argument(
+        "-c", "--config", dest="config_path", default=os.environ.get("CIWATCH_CONFIG")
+    )
+    sys.exit(main(parser.parse_args().config_path))
