@@ -23,13 +23,20 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ciwatch.executors import supervise
+from ciwatch.errors import ExecutorError
 from ciwatch.executors.base import CancelToken, LogSink, StepSpec
 from ciwatch.model import FailureKind, StepResult, StepState
+
+
+Wrap = Callable[[StepSpec, Sequence[str]], Sequence[str]]
+"""Turns the step's command (resolved shell, its arguments, the script file)
+into the argv actually spawned; argv[0] must be an executable's path. Raises
+ExecutorError when the step cannot be started that way."""
 
 
 class _CannotStart(Exception):
@@ -77,7 +84,10 @@ class ProcessExecutor:
     """Runs steps as supervised local processes (implements executors.base.Executor).
 
     `clock` stamps results; `monotonic` measures timeouts; `poll` bounds how
-    long a cancel takes to be noticed.
+    long a cancel takes to be noticed. `wrap`, if given, runs the step's command
+    under another program (a sandbox) with the same supervision;
+    `leftover_notes=False` silences the note about processes left behind, for
+    a wrapper whose own processes outlive the shell by design.
     """
 
     def __init__(
@@ -89,6 +99,8 @@ class ProcessExecutor:
         drain: float = 1.0,
         kill_wait: float = 5.0,
         read_size: int = 256 * 1024,
+        wrap: Wrap | None = None,
+        leftover_notes: bool = True,
     ) -> None:
         self._clock = clock
         self._poll = poll
@@ -96,6 +108,8 @@ class ProcessExecutor:
         self._drain = drain
         self._kill_wait = kill_wait
         self._read_size = read_size
+        self._wrap = wrap
+        self._leftover_notes = leftover_notes
         self._prctl = supervise.load_prctl()
 
     def run(self, spec: StepSpec, sink: LogSink, cancel: CancelToken) -> StepResult:
@@ -106,9 +120,9 @@ class ProcessExecutor:
         script = None
         try:
             script = _write_script(spec)
-            request = _request(spec, script)
+            request = _request(spec, script, self._wrap)
             sup = supervise.start(request, self._prctl)
-        except (_CannotStart, OSError) as exc:
+        except (_CannotStart, ExecutorError, OSError) as exc:
             if script is not None:
                 _unlink(script)
             reason = f"cannot start step: {_describe(exc)}"
@@ -217,7 +231,7 @@ class ProcessExecutor:
     def _finish(self, p: _Progress, spec, cancel, sink, started) -> StepResult:
         if p.no_subreaper:
             sink.note("warning: no subreaper: processes that left the step may have survived it")
-        if p.leftovers and p.stop is None:
+        if p.leftovers and p.stop is None and self._leftover_notes:
             how = "SIGTERM"
             if p.killed:
                 how += f", then SIGKILL after {format_duration(spec.grace)}"
@@ -311,7 +325,7 @@ def _write_script(spec: StepSpec) -> Path:
     return path
 
 
-def _request(spec: StepSpec, script: Path) -> supervise.SpawnRequest:
+def _request(spec: StepSpec, script: Path, wrap: Wrap | None) -> supervise.SpawnRequest:
     step = spec.step
     if not step.shell:
         raise _CannotStart("no shell configured")
@@ -324,9 +338,14 @@ def _request(spec: StepSpec, script: Path) -> supervise.SpawnRequest:
     if found is None:
         path = spec.env.get("PATH", "")
         raise _CannotStart(f"shell {step.shell[0]!r} not found in PATH ({path or 'unset'})")
+    argv: Sequence[str] = (*step.shell, str(script))
+    path = found
+    if wrap is not None:
+        argv = wrap(spec, (found, *step.shell[1:], str(script)))
+        path = argv[0]
     return supervise.SpawnRequest(
-        path=os.fsencode(found),
-        argv=tuple(os.fsencode(a) for a in (*step.shell, str(script))),
+        path=os.fsencode(path),
+        argv=tuple(os.fsencode(a) for a in argv),
         env=env,
         cwd=os.fsencode(spec.workdir),
         grace=spec.grace,
