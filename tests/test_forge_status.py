@@ -7,11 +7,11 @@ from __future__ import annotations
 import email.utils
 import json
 import unicodedata
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import jsonschema
 import pytest
+from specpath import find_specs
 
 from ciwatch.forges.status import (
     ForgeRequestError,
@@ -25,10 +25,7 @@ from ciwatch.forges.status import (
 )
 from ciwatch.forges.types import ForgeKind, StatusState, StatusUpdate, Verdict
 
-SPECS = Path("/work/shared/specs")
-if not SPECS.is_dir():
-    SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"
-pytestmark = pytest.mark.skipif(not SPECS.is_dir(), reason="forge specs not present")
+SPECS = find_specs()
 
 SHA = "4f1e7c0d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"
 KINDS = list(ForgeKind)

@@ -11,12 +11,13 @@ import pytest
 import requests
 from daemonutil import DaemonProc, wait_for
 from fakeforge import FakeForge, replies
+from specpath import find_specs
 from test_daemon_e2e import install_hook, push, setup_repo
 
 from ciwatch.forges.signatures import sign
 from ciwatch.model import RunState
 
-SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"
+SPECS = find_specs()
 STATE_WORD = {"github": "state", "gitea": "state", "forgejo": "state", "gitlab": "state"}
 
 

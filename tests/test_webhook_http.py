@@ -11,10 +11,10 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
+from specpath import find_specs
 
 from ciwatch.forges.types import ForgeKind
 from ciwatch.model import EventKind
@@ -22,7 +22,7 @@ from ciwatch.store import Store
 from ciwatch.web.hooks import HookForge, StoreDeliveries, hooks_router
 from ciwatch.web.server import WebServer, WebServerError, create_app
 
-SPECS = Path("/work/shared/specs")
+SPECS = find_specs()
 GH_SECRET = b"gh-secret-value"
 GT_SECRET = b"gt-secret-value"
 FJ_SECRET = b"fj-secret-value"

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
+from specpath import find_specs
 
 from ciwatch.forges.payloads import PayloadError, delivery_id, load, parse, repository
 from ciwatch.forges.types import ForgeKind
 from ciwatch.model import EventKind
 
-SPECS = Path("/work/shared/specs")
+SPECS = find_specs()
 GH, GT, FJ, GL = ForgeKind.GITHUB, ForgeKind.GITEA, ForgeKind.FORGEJO, ForgeKind.GITLAB
 EVENT_HEADER = {
     GH: "X-GitHub-Event",

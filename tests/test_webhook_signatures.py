@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 
 import pytest
+from specpath import find_specs
 
 from ciwatch.forges.signatures import SignatureError, sign, verify
 from ciwatch.forges.types import ForgeKind
 
-SPECS = Path("/work/shared/specs")
+SPECS = find_specs()
 SECRET = b"hook-secret"
 BODY = b'{"ref":"refs/heads/main"}'
 GOOD = hmac.new(SECRET, BODY, hashlib.sha256).hexdigest()
