@@ -27,11 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ciwatch.executors import supervise
 from ciwatch.errors import ExecutorError
+from ciwatch.executors import supervise
 from ciwatch.executors.base import CancelToken, LogSink, StepSpec
 from ciwatch.model import FailureKind, StepResult, StepState
-
 
 Wrap = Callable[[StepSpec, Sequence[str]], Sequence[str]]
 """Turns the step's command (resolved shell, its arguments, the script file)
