@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ciwatch.config import Config, read_config, read_secrets
-from ciwatch.errors import ConfigError
+from ciwatch.executors.base import Executor
 from ciwatch.executors.process import ProcessExecutor
+from ciwatch.executors.sandbox import SandboxExecutor
 from ciwatch.faults import fault_from
 from ciwatch.observer import RunObserver
 from ciwatch.runner import Runner, RunnerSettings
@@ -28,6 +29,7 @@ class App:
     base: Path  # relative paths in the config are relative to this
     state_dir: Path
     environ: Mapping[str, str]
+    config_path: Path | None = None
     _store: Store | None = field(default=None, repr=False)
 
     @classmethod
@@ -36,7 +38,7 @@ class App:
         path = Path(config_path) if config_path else None
         config, base = read_config(path)
         state_dir = config.state_path(environ, base if path else Path.cwd())
-        return cls(config, base, state_dir, environ)
+        return cls(config, base, state_dir, environ, path.resolve() if path else None)
 
     @property
     def store(self) -> Store:
@@ -62,20 +64,37 @@ class App:
             pass_env=c.executor.pass_env,
         )
 
+    def hidden_paths(self) -> list[Path]:
+        """What a sandboxed step must not see: ciwatch's state (database, mirrors,
+        other workspaces), its config, and every secret and token file."""
+        c = self.config
+        files = [ref.file for ref in c.secrets.values()]
+        for f in c.forges.values():
+            files += [x for x in (f.token_file, f.webhook_secret_file) if x]
+        paths = (
+            [self.state_dir]
+            + [self.base / f for f in files]
+            + [self.base / h for h in c.executor.hide]
+        )
+        if self.config_path is not None:
+            paths.append(self.config_path)
+        if self.environ.get("CREDENTIALS_DIRECTORY"):
+            paths.append(Path(self.environ["CREDENTIALS_DIRECTORY"]))
+        return [p.resolve() for p in paths]
+
+    def executor(self) -> Executor:
+        e = self.config.executor
+        if e.kind == "sandbox":
+            return SandboxExecutor(bwrap=e.bwrap, network=e.network, hide=self.hidden_paths())
+        return ProcessExecutor()
+
     def runner(
         self, observer: RunObserver | None = None, pipeline_path: str = ".ciwatch.yml"
     ) -> Runner:
-        if self.config.executor.kind != "process":
-            raise ConfigError(
-                [
-                    f"executor.kind: {self.config.executor.kind!r} is not available yet;"
-                    " use 'process'"
-                ]
-            )
         return Runner(
             store=self.store,
             mirrors=Mirrors(self.state_dir),
-            executor=ProcessExecutor(),
+            executor=self.executor(),
             state_dir=self.state_dir,
             settings=self.settings(pipeline_path),
             secrets=read_secrets(self.config, self.base),

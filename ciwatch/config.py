@@ -65,9 +65,12 @@ class _Model(BaseModel):
 
 
 class ExecutorConfig(_Model):
-    kind: Literal["process", "sandbox", "container"] = "process"
+    kind: Literal["process", "sandbox"] = "process"
     grace: Duration = 10.0  # between SIGTERM and SIGKILL
     pass_env: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+    network: bool = True  # sandbox: False gives steps no network at all
+    bwrap: str = "bwrap"  # sandbox: the bubblewrap program
+    hide: tuple[str, ...] = ()  # sandbox: more paths steps must not see
 
     _durations = field_validator("grace", mode="before")(lambda v: parse_duration(v))
 

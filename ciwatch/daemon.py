@@ -25,6 +25,7 @@ from ciwatch.control import ControlServer
 from ciwatch.daemonops import Operations
 from ciwatch.dispatch import LocalDispatcher
 from ciwatch.errors import CiwatchError
+from ciwatch.executors.sandbox import check_sandbox
 from ciwatch.faults import fault_from
 from ciwatch.forgewiring import forge_clients, hook_forges, horizons, repo_forges
 from ciwatch.git import Git
@@ -131,6 +132,8 @@ class Daemon:
         config, base = read_config(self.config_path)
         self.secrets = read_secrets(config, base)  # refuse to start with an unreadable secret
         self.state_dir = config.state_path(self.environ, base)
+        if config.executor.kind == "sandbox":
+            check_sandbox(config.executor.bwrap)  # a clear error now, not at the first run
         self.lock_fd = hold_lock(self.state_dir)
         self.store = Store.open(self.state_dir / "ciwatch.db")
         self.mirrors = Mirrors(self.state_dir)

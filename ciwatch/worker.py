@@ -45,7 +45,8 @@ def load_app(config_path: str | None, environ: Mapping[str, str]) -> App:
         return App.load(config_path, environ)
     config = Config.model_validate_json(text)
     base = Path(environ.get(BASE_ENV) or Path.cwd())
-    return App(config, base, config.state_path(environ, base), dict(environ))
+    path = Path(config_path).resolve() if config_path else None
+    return App(config, base, config.state_path(environ, base), dict(environ), path)
 
 
 def lease_seconds(app: App, environ: Mapping[str, str], log: logging.Logger) -> float:

@@ -292,3 +292,37 @@ def test_demo_starts_the_daemon_pushes_and_goes_green(tmp_path):
     # the second start reuses the demo repository and builds the next push as app#2
     again = ciwatch(tmp_path, "demo", "--once", timeout=180)
     assert again.returncode == 0 and "app#2 success" in again.stdout, again.stdout + again.stderr
+
+
+def test_the_sandbox_executor_hides_state_and_secrets_from_steps(tmp_path, repo):
+    (tmp_path / "token").write_text("sandboxed-secret-value\n")
+    cfg = tmp_path / "ciwatch.yaml"
+    cfg.write_text(
+        "executor: {kind: sandbox, network: false}\n"
+        f"secrets:\n  TOKEN: {{file: {tmp_path / 'token'}}}\n"
+    )
+    make_repo(
+        repo,
+        {
+            ".ciwatch.yml": f"""
+steps:
+  - name: builds
+    run: echo built > out.txt && cat out.txt
+  - name: snoops
+    run: |
+      if cat {tmp_path / "token"} 2>/dev/null; then echo READ-THE-TOKEN; fi
+      if ls {tmp_path / ".ciwatch"} 2>/dev/null | grep -q ciwatch.db; then echo SAW-THE-STATE; fi
+      touch {tmp_path}/escaped 2>/dev/null || true
+      if touch /usr/ciwatch-escaped 2>/dev/null; then echo WROTE-OUTSIDE; fi
+      echo snooped
+"""
+        },
+    )
+    out = ciwatch(tmp_path, "run", str(repo), "-c", str(cfg))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "built" in out.stdout and "snooped" in out.stdout
+    for leak in ("READ-THE-TOKEN", "SAW-THE-STATE", "WROTE-OUTSIDE", "sandboxed-secret-value"):
+        assert leak not in out.stdout
+    # /tmp is the sandbox's own tmpfs: a write there never reaches the host
+    assert not (tmp_path / "escaped").exists()
+    assert not Path("/usr/ciwatch-escaped").exists()
