@@ -61,6 +61,7 @@ class App:
             grace=c.executor.grace,
             keep_failed=c.workspace.keep_failed,
             keep_all=c.workspace.keep_all,
+            workspace_strategy=c.workspace.strategy,
             pass_env=c.executor.pass_env,
         )
 

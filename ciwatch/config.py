@@ -76,7 +76,7 @@ class ExecutorConfig(_Model):
 
 
 class WorkspaceConfig(_Model):
-    strategy: Literal["fresh"] = "fresh"
+    strategy: Literal["fresh", "cached"] = "fresh"
     keep_failed: bool = True
     keep_all: bool = False
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ciwatch import pipeline
-from ciwatch.errors import CiwatchError, GitError, PipelineError
+from ciwatch.errors import CiwatchError, GitError, PipelineError, WorkspaceError
 from ciwatch.executors.base import CancelToken, Executor
 from ciwatch.logs import StepLog
 from ciwatch.masking import Masker
@@ -26,6 +26,7 @@ from ciwatch.pipeline.plan import CompiledPipeline, EventContext, Limits
 from ciwatch.stepgraph import run_graph
 from ciwatch.steprun import StepRunner
 from ciwatch.workspace import workspace_dir
+from ciwatch.wscache import checkout_strategy
 
 _ORDER = {RunState.SUCCESS: 0, RunState.FAILURE: 1, RunState.ERROR: 2, RunState.CANCELED: 3}
 
@@ -40,6 +41,7 @@ class RunnerSettings:
     keep_failed: bool = True
     keep_all: bool = False
     lease_seconds: float = 60.0
+    workspace_strategy: str = "fresh"  # or "cached": a reused tree made indistinguishable
     pass_env: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
@@ -114,6 +116,7 @@ class Runner:
         self.observer = observer or RunObserver()
         self.log = log or logging.getLogger("ciwatch.runner")
         self.masker = Masker(self.secrets.values())
+        self.checkouts = checkout_strategy(settings.workspace_strategy, state_dir)
         self.fault = fault  # crash-test hook: the composition root may make it exit
 
     def attempt_dir(self, run_id: int, attempt: int) -> Path:
@@ -244,8 +247,8 @@ class Runner:
         repo = self.store.get_repo(run.repo)
         dest = workspace_dir(self.state_dir, repo.id, run.number, attempt) / f"cell{ci}"
         try:
-            ws = mirror.checkout(run.sha, dest)
-        except GitError as exc:
+            ws = self.checkouts.acquire(mirror, run.sha, dest)
+        except (GitError, WorkspaceError) as exc:
             return RunState.ERROR, f"checkout failed: {exc}"
         steps = StepRunner(self, run, attempt, adir, ci, plan, ws, cancel)
         outcome = run_graph(
@@ -258,8 +261,10 @@ class Runner:
         keep = self.settings.keep_all or (
             self.settings.keep_failed and outcome.state is not RunState.SUCCESS
         )
+        # Every step process is gone by now (each step's supervisor reaped its
+        # tree), so a cached tree is not written to after it is handed back.
         if keep:
-            self._note(run, setup, f"workspace kept: {ws.path}")
+            self._note(run, setup, f"workspace kept: {ws.keep()}")
         else:
             ws.remove()
             shutil.rmtree(dest, ignore_errors=True)

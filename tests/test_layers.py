@@ -35,6 +35,7 @@ LAYERS = {
     "ciwatch.git": ADAPTER,
     "ciwatch.workspace": ADAPTER,
     "ciwatch.fstree": ADAPTER,
+    "ciwatch.wscache": ADAPTER,
     "ciwatch.artifacts": ADAPTER,
     "ciwatch.executors.": ADAPTER,
     "ciwatch.runner": ORCHESTRATION,

@@ -326,3 +326,30 @@ steps:
     # /tmp is the sandbox's own tmpfs: a write there never reaches the host
     assert not (tmp_path / "escaped").exists()
     assert not Path("/usr/ciwatch-escaped").exists()
+
+
+def test_the_cached_workspace_strategy_gives_each_run_a_clean_tree(tmp_path, repo):
+    cfg = tmp_path / "ciwatch.yaml"
+    cfg.write_text("workspace: {strategy: cached}\n")
+    make_repo(
+        repo,
+        {
+            "tracked.txt": "original\n",
+            ".ciwatch.yml": """
+steps:
+  - run: |
+      cat tracked.txt
+      if [ -e left-behind ]; then echo DIRTY-TREE; fi
+      echo changed > tracked.txt; touch left-behind; mkdir -p locked && chmod 000 locked
+      mkdir -p .git/hooks && printf '#!/bin/sh\\necho HOOK-RAN\\n' > .git/hooks/post-checkout
+      chmod +x .git/hooks/post-checkout
+""",
+        },
+    )
+    first = ciwatch(tmp_path, "run", str(repo), "-c", str(cfg))
+    second = ciwatch(tmp_path, "run", str(repo), "-c", str(cfg))
+    for out in (first, second):
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "original" in out.stdout and "DIRTY-TREE" not in out.stdout
+        assert "HOOK-RAN" not in out.stdout
+    assert list((tmp_path / ".ciwatch" / "cache").iterdir()), "the tree was cached for reuse"

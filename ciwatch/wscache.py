@@ -1,0 +1,422 @@
+"""Workspace strategies: `fresh` (a new clone per attempt) and `cached` (a
+checkout kept per repository and slot, brought to the run's commit in place).
+
+Layout of the cache under the state root::
+
+    cache/<repo_id>/<slot>.lock     flock: one attempt uses a slot at a time
+    cache/<repo_id>/<slot>.index    the index as saved right after verification
+    cache/<repo_id>/<slot>.git/     template .git: a `clone --shared --no-checkout`
+    cache/<repo_id>/<slot>.refs     digest of the mirror refs the template holds
+    cache/<repo_id>/<slot>/src/     the cached checkout (the step's cwd)
+    cache/<repo_id>/<slot>/new/     scratch: the next template is cloned here
+
+Before each use the slot's .git is made an exact copy of the template (so no
+config, hooks, refs, objects or info files of a previous run survive; the
+template is re-cloned when the mirror's refs moved) holding our saved copy of
+the index (a step may have forged the one in .git; ctime it cannot forge, so
+changed files are seen). Then `checkout --force --detach <sha>`, and `status
+--ignored` must show HEAD == sha and no change; what is untracked or ignored
+is removed (remove_tree, then `clean -ffdx` if that is not enough). Anything
+odd throws the slot away and makes a fresh checkout. HOME and TMPDIR stay per
+attempt. A step's leftover processes must be dead before release().
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ciwatch.errors import GitError, WorkspaceError
+from ciwatch.fstree import remove_tree
+from ciwatch.git import check_sha, redact
+from ciwatch.workspace import Mirror, Workspace
+
+__all__ = [
+    "CachedCheckout",
+    "CachedCheckouts",
+    "Checkouts",
+    "FreshCheckout",
+    "FreshCheckouts",
+    "Lease",
+    "checkout_strategy",
+]
+
+STRATEGIES = ("fresh", "cached")
+_MIRROR_NAME = re.compile(r"([0-9]+)\.git")
+
+
+class Lease(Protocol):
+    """What a strategy hands the runner: steps run in `path` with HOME=`home`,
+    TMPDIR=`tmp`. Exactly one of remove() or keep() ends it."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def home(self) -> Path: ...
+    @property
+    def tmp(self) -> Path: ...
+    def remove(self) -> None: ...
+    def keep(self) -> Path: ...
+
+
+class Checkouts(Protocol):
+    def acquire(self, mirror: Mirror, sha: str, dest: Path) -> Lease: ...
+
+
+@dataclass(frozen=True)
+class FreshCheckout:
+    """A per-attempt clone (Mirror.checkout) seen through the Lease interface."""
+
+    workspace: Workspace
+
+    @property
+    def root(self) -> Path:
+        return self.workspace.root
+
+    @property
+    def path(self) -> Path:
+        return self.workspace.path
+
+    @property
+    def home(self) -> Path:
+        return self.workspace.home
+
+    @property
+    def tmp(self) -> Path:
+        return self.workspace.tmp
+
+    def release(self) -> None:
+        """Nothing is shared, so nothing to hand back."""
+
+    def remove(self) -> None:
+        self.workspace.remove()
+
+    def keep(self) -> Path:
+        return self.workspace.path
+
+
+@dataclass(frozen=True)
+class FreshCheckouts:
+    def acquire(self, mirror: Mirror, sha: str, dest: Path) -> FreshCheckout:
+        return FreshCheckout(mirror.checkout(sha, dest))
+
+
+class _SlotLock:
+    """An exclusive flock on one slot, held until close() (idempotent)."""
+
+    def __init__(self, fd: int, slot: int) -> None:
+        self.fd: int | None = fd
+        self.slot = slot
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing drops the flock
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+
+@dataclass(frozen=True)
+class CachedCheckout:
+    """A cached checkout lent to one attempt. `root` is the attempt's own
+    directory (home/ and tmp/, always new); `path` is the slot's work tree."""
+
+    root: Path
+    path: Path
+    slot: int
+    lock: _SlotLock
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def release(self) -> None:
+        """Hand the slot back; its tree is cleaned by the next acquire."""
+        self.lock.close()
+
+    def remove(self) -> None:
+        """Delete the attempt's home/tmp and hand the slot back."""
+        try:
+            Workspace(self.root).remove()
+        finally:
+            self.release()
+
+    def keep(self) -> Path:
+        """Take the tree out of the cache into the attempt dir (root/src) for
+        inspection; the slot is rebuilt fresh next time. Returns where it is."""
+        if not self.lock.held:
+            raise WorkspaceError("cached checkout already released")
+        kept = self.root / "src"
+        try:
+            _index_copy(self.path.parent).unlink(missing_ok=True)
+            os.rename(self.path, kept)
+        finally:
+            self.release()
+        return kept
+
+
+def _index_copy(slot_dir: Path) -> Path:
+    return slot_dir.with_name(f"{slot_dir.name}.index")
+
+
+def _refs_key(mirror: Mirror) -> str:
+    """A digest of the mirror's refs and HEAD (and the origin URL): what a
+    clone of it would carry. Read in-process; much cheaper than a git call."""
+    h = hashlib.sha256(redact(mirror.url).encode() + b"\0")
+    for name in ("HEAD", "packed-refs"):
+        try:
+            h.update(name.encode() + b"\0" + (mirror.path / name).read_bytes() + b"\0")
+        except FileNotFoundError:
+            pass
+    for dirpath, dirnames, filenames in os.walk(mirror.path / "refs"):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            try:
+                h.update(os.fsencode(p.relative_to(mirror.path)) + b"\0" + p.read_bytes())
+            except OSError:
+                h.update(b"?")  # mid-update: the key differs, so a clone is made
+    return h.hexdigest()
+
+
+def _sync_tree(template: Path, dest: Path) -> None:
+    """Make `dest` an exact copy of `template`: what the template lacks is
+    removed, every file is unlinked and written anew (so never through a link
+    or a hard link), and directories already there are kept (creating and
+    removing them is what costs on a journaled disk)."""
+    stack = [(template, dest)]
+    while stack:
+        src_dir, dst_dir = stack.pop()
+        wanted = {e.name: e for e in os.scandir(src_dir)}
+        for name in os.listdir(dst_dir):
+            target = dst_dir / name
+            entry = wanted.get(name)
+            keep_dir = entry is not None and entry.is_dir(follow_symlinks=False)
+            if keep_dir and _is_real_dir(target):
+                continue
+            if _is_real_dir(target):
+                if remove_tree(target):
+                    raise WorkspaceError(f"cannot remove {target}")
+            else:
+                target.unlink()
+        for name, entry in wanted.items():
+            target = dst_dir / name
+            if entry.is_dir(follow_symlinks=False):
+                if not _is_real_dir(target):
+                    target.mkdir(mode=0o700)
+                stack.append((Path(entry.path), target))
+            else:
+                shutil.copyfile(entry.path, target, follow_symlinks=False)
+
+
+def _is_real_dir(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _status(mirror: Mirror, src: Path) -> tuple[str, list[str], list[str]]:
+    """(HEAD sha or "", untracked/ignored paths, other changes) of the tree."""
+    res = mirror.git.call(
+        ["status", "--porcelain=v2", "--branch", "--ignored", "--untracked-files=normal", "-z"],
+        git_dir=src / ".git",
+        work_tree=src,
+        cwd=src,
+    )
+    if res.returncode != 0:
+        return "", [], ["git status failed"]
+    head, loose, changed = "", [], []
+    fields = iter(res.stdout.split(b"\0"))
+    for entry in fields:
+        if not entry:
+            continue
+        text = os.fsdecode(entry)
+        if text.startswith("# branch.oid "):
+            head = text[len("# branch.oid ") :]
+        elif text.startswith("#"):
+            continue
+        elif text[:2] in ("? ", "! "):
+            loose.append(text[2:])
+        else:
+            changed.append(text)
+            if text.startswith("2 "):
+                next(fields, None)  # a rename carries its original path as the next field
+    return head, loose, changed
+
+
+@dataclass(frozen=True)
+class CachedCheckouts:
+    """The `cached` strategy: checkouts kept under `root`/cache/<repo_id>/<slot>.
+    A busy slot is skipped, not waited for; with all `max_slots` busy the
+    attempt gets a plain fresh checkout."""
+
+    root: Path
+    max_slots: int = 16
+
+    def _base(self, mirror: Mirror) -> Path:
+        # The mirror's file name is built from the repo id (Mirrors.mirror).
+        m = _MIRROR_NAME.fullmatch(mirror.path.name)
+        if not m:
+            raise WorkspaceError(f"cannot tell the repository id of mirror {mirror.path}")
+        return Path(os.path.abspath(self.root)) / "cache" / m.group(1)
+
+    def _lock_free_slot(self, base: Path) -> _SlotLock | None:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        for slot in range(self.max_slots):
+            fd = os.open(base / f"{slot}.lock", flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            return _SlotLock(fd, slot)
+        return None
+
+    def acquire(self, mirror: Mirror, sha: str, dest: Path) -> CachedCheckout | FreshCheckout:
+        sha = check_sha(sha)
+        lock = self._lock_free_slot(self._base(mirror))
+        if lock is None:
+            return FreshCheckout(mirror.checkout(sha, dest))
+        attempt = Workspace(Path(os.path.abspath(dest)))
+        try:
+            attempt.create()
+            slot_dir = self._base(mirror) / str(lock.slot)
+            if not self._refresh(mirror, sha, slot_dir):
+                self._fresh(mirror, sha, slot_dir)
+        except BaseException:
+            lock.close()
+            try:
+                attempt.remove()
+            except WorkspaceError:
+                pass  # the first failure is the one worth reporting
+            raise
+        return CachedCheckout(attempt.root, slot_dir / "src", lock.slot, lock)
+
+    def _refresh(self, mirror: Mirror, sha: str, slot_dir: Path) -> bool:
+        """Bring the slot's tree to `sha` in place; False if it cannot be trusted."""
+        src, saved = slot_dir / "src", _index_copy(slot_dir)
+        if not (_is_real_dir(src) and _is_real_dir(src / ".git") and saved.is_file()):
+            return False
+        try:
+            self._new_git_dir(mirror, slot_dir, src / ".git")
+            shutil.copyfile(saved, src / ".git" / "index")
+        except (GitError, WorkspaceError, OSError):
+            return False
+        wt = {"git_dir": src / ".git", "work_tree": src, "cwd": src}
+        res = mirror.git.call(["checkout", "--quiet", "--detach", "--force", sha], **wt)
+        if res.returncode != 0:
+            return False
+        if not self._verify(mirror, sha, src):
+            return False
+        return self._save_index(src, saved)
+
+    def _new_git_dir(self, mirror: Mirror, slot_dir: Path, dest: Path) -> None:
+        """A .git as `clone --shared --no-checkout` makes it, copied from a
+        template kept outside the tree; cloned again when the mirror's refs moved."""
+        template = slot_dir.with_name(f"{slot_dir.name}.git")
+        stamp = slot_dir.with_name(f"{slot_dir.name}.refs")
+        key = _refs_key(mirror)  # read before cloning: a later change only re-clones
+        try:
+            current = stamp.read_text() == key and _is_real_dir(template)
+        except FileNotFoundError:
+            current = False
+        if not current:
+            stamp.unlink(missing_ok=True)
+            scratch = slot_dir / "new"
+            for old in (template, scratch):
+                if remove_tree(old):
+                    raise WorkspaceError(f"cannot clear {old}")
+            git = mirror.git
+            clone = ["clone", "--quiet", "--shared", "--no-checkout", "--template="]
+            git.run(
+                [
+                    *clone,
+                    "--no-recurse-submodules",
+                    "--config",
+                    "core.hooksPath=/dev/null",
+                    "--end-of-options",
+                    mirror.path,
+                    scratch,
+                ],
+                cwd=slot_dir,
+            )
+            # Origin names the real repository (credentials dropped), not our mirror.
+            git.run(
+                ["config", "--end-of-options", "remote.origin.url", redact(mirror.url)],
+                git_dir=scratch / ".git",
+            )
+            remove_tree(scratch / ".git" / "logs")  # reflogs: dirs to sync, no use here
+            os.rename(scratch / ".git", template)
+            os.rmdir(scratch)
+            stamp.write_text(key)
+        _sync_tree(template, dest)
+
+    def _verify(self, mirror: Mirror, sha: str, src: Path) -> bool:
+        """HEAD is `sha`, tracked files match it, and what is neither tracked
+        nor ours (build output, nested repos, chmod 000 dirs) is removed: by
+        remove_tree (links unlinked, never followed), then `clean -ffdx`."""
+        head, loose, changed = _status(mirror, src)
+        if head != sha or changed:
+            return False
+        problems: list[str] = []
+        for rel in loose:
+            parts = rel.rstrip("/").split("/")
+            if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                return False
+            problems += remove_tree(src.joinpath(*parts))
+        if problems:
+            wt = {"git_dir": src / ".git", "work_tree": src, "cwd": src}
+            mirror.git.call(["clean", "-ffdxq"], **wt)
+            head, loose, changed = _status(mirror, src)
+            return head == sha and not loose and not changed
+        return True
+
+    def _save_index(self, src: Path, saved: Path) -> bool:
+        try:
+            shutil.copyfile(src / ".git" / "index", saved)
+        except OSError:
+            return False
+        return True
+
+    def _fresh(self, mirror: Mirror, sha: str, slot_dir: Path) -> None:
+        """Throw the slot away and clone it anew."""
+        saved = _index_copy(slot_dir)
+        saved.unlink(missing_ok=True)
+        problems = remove_tree(slot_dir)
+        if problems:
+            raise WorkspaceError(f"could not clear cached checkout {slot_dir}: {problems[0]}")
+        ws = mirror.checkout(sha, slot_dir)
+        for d in (ws.home, ws.tmp):
+            os.rmdir(d)  # the slot needs only src/; home and tmp are per attempt
+        if not self._verify(mirror, sha, ws.path):
+            remove_tree(slot_dir)
+            raise WorkspaceError(f"fresh checkout of {sha} in {slot_dir} does not match it")
+        if not self._save_index(ws.path, saved):
+            raise WorkspaceError(f"could not save the index of {slot_dir}")
+
+
+def checkout_strategy(name: str, state_dir: Path) -> Checkouts:
+    """The strategy named by `workspace.strategy` in the config."""
+    if name == "fresh":
+        return FreshCheckouts()
+    if name == "cached":
+        return CachedCheckouts(Path(state_dir))
+    raise WorkspaceError(f"unknown workspace strategy {name!r} (known: {', '.join(STRATEGIES)})")
