@@ -40,6 +40,25 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
 
 
+def fmt_cpu(seconds: float | None) -> str:
+    """CPU time: "0.4s", "12s", "2m05s"; "-" when not measured."""
+    if seconds is None:
+        return "-"
+    return f"{seconds:.2g}s" if seconds < 1 else fmt_duration(seconds)
+
+
+def fmt_mem(kib: int | None) -> str:
+    """Peak memory in decimal units: "12 MB", "1.5 GB"; "-" when not measured."""
+    if kib is None:
+        return "-"
+    size = kib * 1024
+    if size >= 10**9:
+        return f"{size / 10**9:.1f} GB"
+    if size >= 10**6:
+        return f"{size / 10**6:.0f} MB"
+    return f"{max(1, round(size / 10**3))} kB"
+
+
 class ConsoleObserver(RunObserver):
     def __init__(
         self,
@@ -142,14 +161,17 @@ class ConsoleObserver(RunObserver):
         if self.rows:
             width = max(len(r[0]) for r in self.rows)
             lines.append("")
-            lines.append(f"{'step':<{width}}  {'result':<18} {'time':>8}  tries")
+            lines.append(
+                f"{'step':<{width}}  {'result':<18} {'time':>8} {'cpu':>7} {'mem':>7}  tries"
+            )
             for name, _cell, res in self.rows:
                 mark = _MARK.get(res.state, res.state.value) + (
                     " (allowed)" if res.allowed_failure else ""
                 )
                 tries = str(res.tries) if res.started_at is not None else "-"
                 lines.append(
-                    f"{name:<{width}}  {mark:<18} {fmt_duration(res.duration):>8}  {tries:>5}"
+                    f"{name:<{width}}  {mark:<18} {fmt_duration(res.duration):>8}"
+                    f" {fmt_cpu(res.cpu_seconds):>7} {fmt_mem(res.max_rss_kib):>7}  {tries:>5}"
                 )
         total = fmt_duration((run.finished_at or 0) - run.started_at) if run.started_at else "-"
         tail = f": {reason}" if reason and state is not RunState.SUCCESS else ""

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from ciwatch.console import fmt_cpu, fmt_mem
 from ciwatch.logread import follow as follow_log
 from ciwatch.logread import read_log, render
 from ciwatch.model import Run, StepRecord, StepState
@@ -16,6 +17,13 @@ def _header(s: StepRecord) -> str:
     state = s.state.value
     if s.result.reason and s.state not in (StepState.SUCCESS, StepState.RUNNING):
         state += f": {s.result.reason}"
+    used = []
+    if s.result.cpu_seconds is not None:
+        used.append(f"cpu {fmt_cpu(s.result.cpu_seconds)}")
+    if s.result.max_rss_kib is not None:
+        used.append(f"mem {fmt_mem(s.result.max_rss_kib)}")
+    if used:
+        state += "; " + ", ".join(used)
     return f"── {s.name}{cell} ({state}) ──"
 
 

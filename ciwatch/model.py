@@ -180,6 +180,8 @@ class StepResult:
     tries: int = 1
     log_bytes: int = 0
     log_truncated: bool = False
+    cpu_seconds: float | None = None  # user + system, the step's processes together
+    max_rss_kib: int | None = None  # peak resident memory of its largest process
 
     @property
     def duration(self) -> float | None:

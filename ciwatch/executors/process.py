@@ -24,7 +24,7 @@ import select
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ciwatch.errors import ExecutorError
@@ -54,6 +54,8 @@ class _Progress:
     killed: int = 0  # processes SIGKILLed (reported by the supervisor)
     leftovers: int = 0  # processes left running when the shell exited
     no_subreaper: bool = False
+    cpu_seconds: float | None = None  # the step's processes, all of them
+    max_rss_kib: int | None = None  # the largest of them
 
 
 def format_duration(seconds: float) -> str:
@@ -228,6 +230,10 @@ class ProcessExecutor:
         return p
 
     def _finish(self, p: _Progress, spec, cancel, sink, started) -> StepResult:
+        result = self._outcome(p, spec, cancel, sink, started)
+        return replace(result, cpu_seconds=p.cpu_seconds, max_rss_kib=p.max_rss_kib)
+
+    def _outcome(self, p: _Progress, spec, cancel, sink, started) -> StepResult:
         if p.no_subreaper:
             sink.note("warning: no subreaper: processes that left the step may have survived it")
         if p.leftovers and p.stop is None and self._leftover_notes:
@@ -289,6 +295,12 @@ def _apply(ev: supervise.Event, p: _Progress) -> None:
         p.killed = ev.value
     elif ev.kind == "W":
         p.no_subreaper = True
+    elif ev.kind == "R":
+        p.cpu_seconds = ev.value / 1_000_000
+        try:
+            p.max_rss_kib = int(ev.word) or None  # 0: not measurable (see supervise)
+        except ValueError:
+            pass  # a malformed line: the figure stays unknown
 
 
 def _signal_name(num: int) -> str:

@@ -28,6 +28,10 @@ pipe, ASCII lines::
     L <n>               the shell exited and left n processes: SIGTERM sent;
                         SIGKILL follows after the grace period
     K <n>               SIGKILL sent to n processes in all
+    R <cpu_us> <kib>    resources of every process of the step, all reaped:
+                        user + system CPU in microseconds, the largest
+                        maximum resident set size in KiB (0: unknown, see
+                        ``_usage``)
 
 After the last line the supervisor exits: end of file on the status pipe means
 the step's processes are all gone.
@@ -39,6 +43,7 @@ import ctypes
 import fcntl
 import gc
 import os
+import resource
 import select
 import signal
 import threading
@@ -313,6 +318,21 @@ def _watch(shell, ctl_r, report, grace) -> None:
             killing = True
     if killed:
         report(b"K %d\n" % len(killed))
+    report(b"R %d %d\n" % _usage())
+
+
+def _usage():
+    """(CPU microseconds, peak KiB or 0) of every process we reaped.
+
+    Every process of the step is reaped by now (we are their subreaper), so
+    the children's usage covers the shell and all its descendants. The shell
+    was spawned from our memory (vfork-like), and Linux carries our resident
+    size over into its peak at exec: a peak not above our own may be ours, so
+    it is reported unknown (0) rather than as the step's."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_us = round((usage.ru_utime + usage.ru_stime) * 1_000_000)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return cpu_us, usage.ru_maxrss if usage.ru_maxrss > own else 0
 
 
 def _descendants(me):

@@ -128,6 +128,8 @@ def to_step(row: sqlite3.Row) -> StepRecord:
         tries=row["tries"],
         log_bytes=row["log_bytes"],
         log_truncated=bool(row["log_truncated"]),
+        cpu_seconds=row["cpu_seconds"],
+        max_rss_kib=row["max_rss_kib"],
     )
     return StepRecord(
         id=row["id"],

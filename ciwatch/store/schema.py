@@ -199,4 +199,13 @@ FORGES = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES)
+STEP_RESOURCES = Migration(
+    name="step resources: CPU time and peak memory",
+    statements=(
+        # NULL when not measured (steps from before, or the figure was unknown).
+        "ALTER TABLE steps ADD COLUMN cpu_seconds REAL",
+        "ALTER TABLE steps ADD COLUMN max_rss_kib INTEGER",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES, STEP_RESOURCES)

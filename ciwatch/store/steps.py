@@ -42,7 +42,8 @@ class StepsMixin:
             cur = c.execute(
                 """UPDATE steps SET state = ?, exit_code = ?, failure = ?, reason = ?,
                        started_at = COALESCE(?, started_at), finished_at = ?,
-                       allowed_failure = ?, tries = ?, log_bytes = ?, log_truncated = ?
+                       allowed_failure = ?, tries = ?, log_bytes = ?, log_truncated = ?,
+                       cpu_seconds = ?, max_rss_kib = ?
                    WHERE id = ?""",
                 (
                     result.state.value,
@@ -55,6 +56,8 @@ class StepsMixin:
                     result.tries,
                     result.log_bytes,
                     int(result.log_truncated),
+                    result.cpu_seconds,
+                    result.max_rss_kib,
                     step_id,
                 ),
             )
