@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from stepsinks import Sink, procs_with
 
 from ciwatch.errors import ExecutorError
 from ciwatch.executors.base import CancelToken, StepSpec
@@ -23,40 +24,6 @@ from ciwatch.model import FailureKind, StepState
 from ciwatch.pipeline.plan import PlanStep
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.notes: list[str] = []
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    @property
-    def text(self) -> str:
-        return self.data.decode()
-
-
-def procs_with(marker: str) -> list[int]:
-    """Live (non-zombie) processes whose command line holds `marker`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != b"Z":
-            found.append(int(name))
-    return found
 
 
 @pytest.fixture(scope="module", autouse=True)

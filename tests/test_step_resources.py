@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from stepsinks import Sink
 
 from ciwatch.console import ConsoleObserver, fmt_cpu, fmt_mem
 from ciwatch.executors.base import CancelToken, StepSpec
@@ -29,18 +30,6 @@ BURN = "sh -c 'i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done' &\nwait"
 # this process's (it is forked from it): allocate clearly more than that.
 _SIZE = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 60_000_000
 ALLOCATE = f'python3 -c "b = bytearray({_SIZE}); import time; time.sleep(0.1)"'
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.notes: list[str] = []
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
 
 
 def spec_for(tmp_path: Path, script: str) -> StepSpec:
