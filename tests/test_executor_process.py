@@ -4,11 +4,9 @@ timeouts, escaping processes, output, cancel, spawn failures."""
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -24,18 +22,6 @@ from ciwatch.model import FailureKind, StepState
 from ciwatch.pipeline.plan import PlanStep
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-@pytest.fixture
-def marker():
-    """A unique `sleep` argument; any process still carrying it is killed afterwards."""
-    value = f"1000.{uuid.uuid4().int % 10**9:09d}"
-    yield value
-    for pid in procs_with(value):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ output, timeouts, leftovers). These tests need bwrap and fail without it."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import statistics
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -29,17 +26,6 @@ PATH = "/usr/local/bin:/usr/bin:/bin"
 @pytest.fixture(scope="module", autouse=True)
 def bwrap_works():
     check_sandbox()  # raises (the tests fail) when bubblewrap is missing or broken
-
-
-@pytest.fixture
-def marker():
-    value = f"1000.{uuid.uuid4().int % 10**9:09d}"
-    yield value
-    for pid in procs_with(value):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @pytest.fixture
