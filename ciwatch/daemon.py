@@ -43,8 +43,8 @@ from ciwatch.sources.cron import CronSource
 from ciwatch.sources.hookspool import HookSpool
 from ciwatch.sources.poller import Poller, PollTarget
 from ciwatch.store import Store
-from ciwatch.web.hooks import StoreDeliveries, hooks_router
-from ciwatch.web.server import WebServer, create_app
+from ciwatch.web.server import WebServer
+from ciwatch.webapp import build_app
 from ciwatch.worker import LEASE_ENV, worker_env
 from ciwatch.workspace import Mirrors
 
@@ -221,11 +221,8 @@ class Daemon:
         )
         self.outbox.start()
         self.hook_forges = hook_forges(config, base, self.environ)
-        router = hooks_router(
-            self.hook_forges, self.intake.submit, StoreDeliveries(self.store), log=self.log
-        )
         host, port = split_listen(config.listen)
-        self.web = WebServer(create_app(router), host, port, self.log)
+        self.web = WebServer(build_app(self), host, port, self.log)
         self.web.start()
 
     @staticmethod

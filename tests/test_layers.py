@@ -52,6 +52,7 @@ LAYERS = {
     "ciwatch.commands.": COMPOSITION,
     "ciwatch.daemon": COMPOSITION,
     "ciwatch.daemonops": COMPOSITION,
+    "ciwatch.webapp": COMPOSITION,
     "ciwatch.faults": COMPOSITION,
     "ciwatch.logsetup": COMPOSITION,
     "ciwatch.forgewiring": COMPOSITION,
