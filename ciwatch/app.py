@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ciwatch.config import Config, read_config, read_secrets
 from ciwatch.executors.base import Executor
+from ciwatch.executors.container import ContainerExecutor
 from ciwatch.executors.process import ProcessExecutor
 from ciwatch.executors.sandbox import SandboxExecutor
 from ciwatch.faults import fault_from
@@ -61,6 +62,7 @@ class App:
             grace=c.executor.grace,
             keep_failed=c.workspace.keep_failed,
             keep_all=c.workspace.keep_all,
+            keep_min_free=(c.daemon.min_free_space.size, c.daemon.min_free_space.percent),
             workspace_strategy=c.workspace.strategy,
             pass_env=c.executor.pass_env,
         )
@@ -72,6 +74,8 @@ class App:
         files = [ref.file for ref in c.secrets.values()]
         for f in c.forges.values():
             files += [x for x in (f.token_file, f.webhook_secret_file) if x]
+        if c.web.token_file:  # the operator's token: it cancels and triggers runs
+            files.append(c.web.token_file)
         paths = (
             [self.state_dir]
             + [self.base / f for f in files]
@@ -87,6 +91,19 @@ class App:
         e = self.config.executor
         if e.kind == "sandbox":
             return SandboxExecutor(bwrap=e.bwrap, network=e.network, hide=self.hidden_paths())
+        if e.kind == "container":
+            executor = ContainerExecutor(
+                engine=e.engine,
+                image=e.image,
+                engine_args=e.engine_args,
+                network=e.network,
+                pull=e.pull,
+                pull_timeout=e.pull_timeout,
+                scope=self.state_dir,
+                engine_env=self.environ,
+            )
+            executor.sweep()  # containers of dead ciwatch processes (the daemon's, at its start)
+            return executor
         return ProcessExecutor()
 
     def runner(

@@ -64,14 +64,6 @@ def _find_run(app: App, spec: str) -> Run:
         raise click.ClickException(str(exc)) from None
 
 
-def _run_json(run: Run) -> dict:
-    d = asdict(run)
-    d["kind"] = run.kind.value
-    d["state"] = run.state.value
-    d["ref"] = run.ref.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return d
-
-
 class _Group(click.Group):
     """Turns ciwatch's own errors into a message and an exit status, not a traceback."""
 
@@ -232,46 +224,6 @@ def schema():
     from ciwatch import pipeline
 
     click.echo(json.dumps(pipeline.json_schema(), indent=2))
-
-
-@main.command()
-@click.option("--repo", help="Only this repository's runs.")
-@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
-@json_option
-@config_option
-def runs(repo, limit, as_json, config_path):
-    """List runs, newest first."""
-    from ciwatch.console import fmt_duration
-
-    app = _app(config_path)
-    rows = app.store.list_runs(repo=repo, limit=limit)
-    if as_json:
-        click.echo(json.dumps({"runs": [_run_json(r) for r in rows]}, indent=2))
-        return
-    if not rows:
-        click.echo("no runs yet; try: ciwatch run .")
-        return
-    click.echo(f"{'id':>5}  {'run':<20} {'state':<9} {'sha':<12} {'time':>7}  ref")
-    for r in rows:
-        took = fmt_duration(r.finished_at - r.started_at) if r.started_at and r.finished_at else "-"
-        ref = _run_json(r)["ref"]
-        click.echo(f"{r.id:>5}  {r.label:<20} {r.state.value:<9} {r.sha[:12]:<12} {took:>7}  {ref}")
-
-
-@main.command()
-@click.argument("run_spec", metavar="RUN")
-@click.option("--step", "step", help="Only this step (name or index).")
-@click.option(
-    "--follow", "-f", is_flag=True, help="Keep printing as the run goes on, until it ends."
-)
-@config_option
-def logs(run_spec, step, follow, config_path):
-    """Show the logs of RUN (a run id, or REPO#NUMBER), step by step."""
-    from ciwatch.logview import show_logs
-
-    app = _app(config_path)
-    run_ = _find_run(app, run_spec)
-    show_logs(app.store, run_, step=step, follow=follow, out=sys.stdout)
 
 
 @main.command()

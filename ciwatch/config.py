@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ciwatch import yamlsafe
 from ciwatch.errors import ConfigError, DocumentError
+from ciwatch.imageref import image_problem
 from ciwatch.pipeline.plan import Limits
+from ciwatch.pipeline.resources import KEYS as RESOURCE_KEYS
+from ciwatch.pipeline.resources import ResourcesSpec
 from ciwatch.validation import validate
 
 _DURATION = re.compile(
@@ -65,14 +68,29 @@ class _Model(BaseModel):
 
 
 class ExecutorConfig(_Model):
-    kind: Literal["process", "sandbox"] = "process"
+    kind: Literal["process", "sandbox", "container"] = "process"
     grace: Duration = 10.0  # between SIGTERM and SIGKILL
     pass_env: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-    network: bool = True  # sandbox: False gives steps no network at all
+    network: bool = True  # sandbox, container: False gives steps no network at all
     bwrap: str = "bwrap"  # sandbox: the bubblewrap program
     hide: tuple[str, ...] = ()  # sandbox: more paths steps must not see
+    engine: Literal["podman", "docker"] | None = None  # container: None = podman, else docker
+    image: str | None = None  # container: the image of steps without `image:`
+    engine_args: tuple[str, ...] = ()  # container: more `run` options, e.g. --runtime runc
+    pull: Literal["never", "missing", "always"] = "missing"  # container: when to pull images
+    pull_timeout: Duration = 600.0  # container: the longest a pull may take
 
-    _durations = field_validator("grace", mode="before")(lambda v: parse_duration(v))
+    _durations = field_validator("grace", "pull_timeout", mode="before")(
+        lambda v: parse_duration(v)
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else image_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class WorkspaceConfig(_Model):
@@ -97,9 +115,26 @@ class LimitsConfig(_Model):
     _durations = field_validator("default_timeout", "max_timeout", mode="before")(
         lambda v: parse_duration(v)
     )
+    # A step's resources (same keys and units as a pipeline's `resources:`):
+    # `step` holds the maxima (every step is held to them), `step_defaults`
+    # what a step gets when its pipeline does not say.
+    step: ResourcesSpec = ResourcesSpec()
+    step_defaults: ResourcesSpec = ResourcesSpec()
+
     _sizes = field_validator("log_cap", "pipeline_max_bytes", mode="before")(
         lambda v: parse_size(v)
     )
+
+    @model_validator(mode="after")
+    def _defaults_within_maxima(self) -> LimitsConfig:
+        for key, _, show in RESOURCE_KEYS:
+            default, top = getattr(self.step_defaults, key), getattr(self.step, key)
+            if default is not None and top is not None and default > top:
+                raise ValueError(
+                    f"step_defaults.{key} ({show(default)}) is more than "
+                    f"step.{key} ({show(top)}), the maximum"
+                )
+        return self
 
     def pipeline_limits(self) -> Limits:
         return Limits(
@@ -107,7 +142,39 @@ class LimitsConfig(_Model):
             max_timeout=self.max_timeout,
             max_parallel=self.max_parallel_steps,
             max_retries=self.max_step_retries,
+            max_resources=self.step.resources(),
+            default_resources=self.step_defaults.resources(),
         )
+
+
+class FreeSpace(_Model):
+    """A minimum of free space: a size, a percentage of the filesystem, or none."""
+
+    size: int = 0  # bytes
+    percent: float = 0.0
+
+
+def parse_free_space(value: object) -> object:
+    """FreeSpace from "2G", 1073741824, "5%", or 0 / none (no minimum)."""
+    if value is None or isinstance(value, FreeSpace | dict):
+        return value if value is not None else FreeSpace()
+    text = str(value).strip()
+    if text in ("0", "0%", "none"):
+        return FreeSpace()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 < percent < 100:
+            raise ValueError(f"{value!r} is not a percentage between 0 and 100, like 5%")
+        return FreeSpace(percent=percent)
+    try:
+        return FreeSpace(size=parse_size(value))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a size or a percentage; use e.g. 2G, 500M or 5%"
+        ) from None
 
 
 class DaemonConfig(_Model):
@@ -116,9 +183,16 @@ class DaemonConfig(_Model):
     max_attempts: int = Field(3, ge=1, le=20)  # lost workers retried up to this many attempts
     max_concurrent_polls: int = Field(4, ge=1, le=64)
     spare_workers: int = Field(1, ge=0, le=16)  # started ahead, so a push starts at once
+    # Runs wait while the filesystem of STATE/workspaces, or of the state dir
+    # (database, logs, mirrors), has less free space than this.
+    min_free_space: FreeSpace = FreeSpace(size=1 << 30)
+    min_free_state_space: FreeSpace = FreeSpace(size=256 << 20)
 
     _durations = field_validator("shutdown_grace", "lease", mode="before")(
         lambda v: parse_duration(v)
+    )
+    _free = field_validator("min_free_space", "min_free_state_space", mode="before")(
+        lambda v: parse_free_space(v)
     )
 
 
@@ -172,6 +246,19 @@ class ScheduleConfig(_Model):
     branch: str = "main"
 
 
+class WebConfig(_Model):
+    """The web UI and API. Without a token they are read-only."""
+
+    token_file: str | None = None  # the operator's token, for cancel, retry, trigger
+    token_credential: str | None = None  # or a systemd credential name
+
+    @model_validator(mode="after")
+    def _one_token(self) -> WebConfig:
+        if self.token_file and self.token_credential:
+            raise ValueError("give token_file or token_credential, not both")
+        return self
+
+
 class SecretConfig(_Model):
     file: str
 
@@ -186,6 +273,7 @@ class Config(_Model):
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    web: WebConfig = WebConfig()
     forges: dict[str, ForgeConfig] = {}
     repos: tuple[RepoConfig, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()

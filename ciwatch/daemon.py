@@ -23,8 +23,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ciwatch.config import Config, read_config, read_secrets
 from ciwatch.control import ControlServer
 from ciwatch.daemonops import Operations
+from ciwatch.diskspace import DiskCheck, SpaceRule
 from ciwatch.dispatch import LocalDispatcher
 from ciwatch.errors import CiwatchError
+from ciwatch.executors.cgroups import enter_leaf
+from ciwatch.executors.engine import check_engine, find_engine, remove_leftovers, scope_of
 from ciwatch.executors.sandbox import check_sandbox
 from ciwatch.faults import fault_from
 from ciwatch.forgewiring import forge_clients, hook_forges, horizons, repo_forges
@@ -134,7 +137,15 @@ class Daemon:
         self.state_dir = config.state_path(self.environ, base)
         if config.executor.kind == "sandbox":
             check_sandbox(config.executor.bwrap)  # a clear error now, not at the first run
+        if config.executor.kind == "container":
+            engine = find_engine(config.executor.engine, self.environ)
+            check_engine(engine)  # a clear error now, not at the first run
+            for name in remove_leftovers(engine, scope_of(self.state_dir)):
+                self.log.info("removed container %s, left by a ciwatch process that died", name)
         self.lock_fd = hold_lock(self.state_dir)
+        leaf = enter_leaf()  # cgroup v2 under systemd: step cgroups go beside this leaf
+        if leaf is not None:
+            self.log.info("moved into cgroup %s; steps get cgroups beside it", leaf)
         self.store = Store.open(self.state_dir / "ciwatch.db")
         self.mirrors = Mirrors(self.state_dir)
         self.git = Git(self.state_dir / "git-home")
@@ -166,6 +177,7 @@ class Daemon:
             max_running=config.concurrency,
             repo_limits=self._repo_limits(config),
             log=self.log,
+            disk_check=self._disk_check(config),
         )
         self.intake = Intake(self.store, self._wake, self.log, fault=fault_from(self.environ))
         self.ops = Operations(self)
@@ -254,6 +266,16 @@ class Daemon:
     def _known(self, name: str) -> bool:
         return name in self.wiring.repos
 
+    def _disk_check(self, config: Config) -> DiskCheck:
+        """Runs wait while the workspaces' or the state's filesystem is short of space."""
+        ws, state = config.daemon.min_free_space, config.daemon.min_free_state_space
+        rules = (
+            SpaceRule(self.state_dir / "workspaces", ws.size, ws.percent),
+            SpaceRule(self.state_dir, state.size, state.percent),  # the database
+            SpaceRule(self.state_dir / "runs", state.size, state.percent),  # the logs
+        )
+        return DiskCheck(rules, log=self.log)
+
     @staticmethod
     def _repo_limits(config: Config) -> dict[str, int]:
         return {r.name: r.concurrency for r in config.repos if r.concurrency}
@@ -330,6 +352,7 @@ class Daemon:
         self.wiring = self._wire(config, base)
         self._apply_sources(config)
         self.scheduler.set_limits(config.concurrency, self._repo_limits(config))
+        self.scheduler.disk_check = self._disk_check(config)
         self.scheduler.resolver = self.resolver = self._resolver(config)
         self.reporter.forges = repo_forges(config)
         self.outbox.set_clients(forge_clients(config, base, self.environ), horizons(config))

@@ -6,6 +6,8 @@ on the next start: the demo repository keeps its history, the daemon its runs.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
 import time
@@ -36,10 +38,21 @@ def make_example_repo(target: Path) -> Path:
     return target
 
 
+def web_token(base: Path) -> Path:
+    """The demo's token for the web actions (cancel, retry, trigger), made once."""
+    path = base / "web-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return path
+
+
 def prepare(base: Path, git: Git) -> tuple[Path, Path, Path]:
     """(config file, bare repository, work tree), creating what is missing."""
     bare, work, state = base / "app.git", base / "app", base / "state"
     work = make_example_repo(work)
+    token = web_token(base)
     if not bare.exists():
         git.run(["init", "--quiet", "--bare", "--initial-branch=main", bare])
         git.run(["push", "--quiet", "--end-of-options", bare, "HEAD:refs/heads/main"], cwd=work)
@@ -50,6 +63,7 @@ def prepare(base: Path, git: Git) -> tuple[Path, Path, Path]:
                 "state_dir": "state",
                 "listen": "127.0.0.1:8750",
                 "concurrency": 2,
+                "web": {"token_file": token.name},
                 "repos": [{"name": "app", "path": "app.git"}],
             }
         )
@@ -96,16 +110,24 @@ def run_demo(base: Path, *, once: bool, out: TextIO) -> int:
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     out.write(f"ciwatch: daemon up, watching {bare} (state in {daemon.state_dir})\n")
+    url = daemon.web.url
+    out.write(f"ciwatch: dashboard at {url}/ (open it to watch the runs live)\n")
+    out.flush()
     sha = push_change(git, work, bare)
     out.write(f"ciwatch: pushed {sha[:12]} to main; the hook queued it\n")
     run = wait_run(daemon, sha, 120, out)
     if run is not None:
         show_logs(daemon.store, run, step=None, follow=False, out=out)
+        out.write(f"ciwatch: {run.label} on the web: {url}/runs/{run.id}\n")
     ok = run is not None and run.state.value == "success"
     cfg = f"-c {config}"
     out.write(
-        "\nciwatch keeps watching. Push again and see it build:\n"
+        f"\nciwatch keeps watching. Open {url}/ and push again to see a run live:\n"
         f"  cd {work} && git commit --allow-empty -m again && git push {bare} HEAD:main\n"
+        "A slow one (30 s), to follow its log or cancel it from its page (sign in with\n"
+        f"the token in {base / 'web-token'}):\n"
+        f"  cd {work} && echo 30 > .slow && git add .slow && git commit -m slow"
+        f" && git push {bare} HEAD:main\n"
         f"  ciwatch runs {cfg}\n  ciwatch status {cfg}\n  ciwatch why {cfg} app main\n"
         "To build your own repository, add it to the config (see config.example.yaml) and run\n"
         f"  ciwatch install-hook /path/to/repo.git --name NAME {cfg}\n"

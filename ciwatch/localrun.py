@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ciwatch.commitinfo import read_commit_info
 from ciwatch.errors import CiwatchError, GitError
 from ciwatch.model import Event, EventKind, Run
 from ciwatch.workspace import local_repo_info
@@ -59,4 +60,10 @@ def prepare_local_run(
     run, new = store.submit(ev)
     if not new:  # the same commit again: a new run of the same event
         run = store.create_run(run.event_id)
+    try:
+        mirror.ensure(sha)  # the runner would fetch it first thing anyway
+        info = read_commit_info(mirror, sha)
+        store.set_commit_info([(run.id, info.subject, info.author)])
+    except CiwatchError:
+        pass  # the runner meets the same problem and records it in the run
     return run

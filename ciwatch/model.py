@@ -181,7 +181,7 @@ class StepResult:
     log_bytes: int = 0
     log_truncated: bool = False
     cpu_seconds: float | None = None  # user + system, the step's processes together
-    max_rss_kib: int | None = None  # peak resident memory of its largest process
+    max_rss_kib: int | None = None  # peak memory: the step's cgroup, else its largest process
 
     @property
     def duration(self) -> float | None:

@@ -13,9 +13,10 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ciwatch import pipeline
+from ciwatch.commitinfo import CommitInfo, read_commit_info
 from ciwatch.errors import CiwatchError, PipelineError
 from ciwatch.model import CancelMode, Run, RunState
 from ciwatch.pipeline.plan import Limits, OnNewCommit
@@ -31,6 +32,8 @@ class Resolution:
     group: str | None
     policy: OnNewCommit | None
     note: str  # for the daemon's log: what was found, or why nothing was
+    subject: str | None = None  # the commit's, shown with the run
+    author: str | None = None
 
 
 class Resolver:
@@ -54,9 +57,38 @@ class Resolver:
         self.pipeline_max_bytes = pipeline_max_bytes
         self.log = log or logging.getLogger("ciwatch.resolve")
         self._specs: OrderedDict[tuple[int, str, str], object] = OrderedDict()
+        self._commits: OrderedDict[tuple[int, str], CommitInfo] = OrderedDict()
 
     def resolve(self, run: Run) -> Resolution:
-        """The run's group and policy; Resolution(None, None, why) for anything wrong."""
+        """The run's group and policy, and its commit's subject and author;
+        Resolution(None, None, why) for anything wrong."""
+        res = self._resolve(run)
+        info = self._commit(run)
+        return replace(res, subject=info.subject, author=info.author)
+
+    def _commit(self, run: Run) -> CommitInfo:
+        """Read from the mirror `_resolve` brought the commit into; nothing when
+        it is not there (the run's log tells why)."""
+        key = (run.repo_id, run.sha)
+        info = self._commits.get(key)
+        if info is not None:
+            self._commits.move_to_end(key)
+            return info
+        try:
+            repo = self.store.get_repo(run.repo)
+            mirror = self.mirrors.mirror(repo.id, repo.url)
+            if not mirror.has_commit(run.sha):
+                return CommitInfo(None, None)
+            info = read_commit_info(mirror, run.sha)
+        except CiwatchError as exc:
+            self.log.debug("%s: commit %s not read: %s", run.label, run.sha[:12], exc)
+            return CommitInfo(None, None)
+        self._commits[key] = info
+        if len(self._commits) > _SPEC_CACHE:
+            self._commits.popitem(last=False)
+        return info
+
+    def _resolve(self, run: Run) -> Resolution:
         path = self.pipeline_paths.get(run.repo, self.pipeline_path)
         try:
             spec = self._spec(run, path)
@@ -114,6 +146,9 @@ def resolve_pending(store, resolver, budget: float, log: logging.Logger) -> bool
                 break
         # One transaction for the batch: each commit is a disk sync.
         store.set_resolutions((r.id, res.group, res.policy) for r, res in done)
+        store.set_commit_info(
+            (r.id, res.subject, res.author) for r, res in done if res.subject or res.author
+        )
         groups: dict[str, set[int]] = {}
         for run, res in done:
             if res.group is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ciwatch import pipeline
+from ciwatch.diskspace import SpaceRule, human_size, measure
 from ciwatch.errors import CiwatchError, GitError, PipelineError, WorkspaceError
 from ciwatch.executors.base import CancelToken, Executor
 from ciwatch.logs import StepLog
@@ -42,6 +43,9 @@ class RunnerSettings:
     keep_all: bool = False
     lease_seconds: float = 60.0
     workspace_strategy: str = "fresh"  # or "cached": a reused tree made indistinguishable
+    # A failed run's workspace is kept only while its filesystem keeps this much
+    # free (bytes, percent): a run that filled the disk must not keep it full.
+    keep_min_free: tuple[int, float] = (0, 0.0)
     pass_env: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
@@ -187,6 +191,20 @@ class Runner:
             on_note=on_note,
         )
 
+    def _short_of_space(self, path: Path) -> str:
+        """Why a failed run's workspace cannot be kept ("" when it can)."""
+        rule = SpaceRule(path, *self.settings.keep_min_free)
+        if not (rule.min_bytes or rule.min_percent):
+            return ""
+        try:
+            space = measure(path)
+        except OSError:
+            return ""
+        need = rule.required(space.total)
+        if space.free >= need:
+            return ""
+        return f"{human_size(space.free)} free on its filesystem, {human_size(need)} required"
+
     def _note(self, run: Run, setup, text: str) -> None:
         setup.note(text)
         self.observer.note(run, self.masker.mask_text(text))
@@ -263,7 +281,10 @@ class Runner:
         )
         # Every step process is gone by now (each step's supervisor reaped its
         # tree), so a cached tree is not written to after it is handed back.
-        if keep:
+        short = keep and self._short_of_space(dest)
+        if short:
+            self._note(run, setup, f"workspace not kept: {short}")
+        if keep and not short:
             self._note(run, setup, f"workspace kept: {ws.keep()}")
         else:
             ws.remove()

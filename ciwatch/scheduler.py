@@ -5,7 +5,8 @@ which runs it handed to the dispatcher that no worker has claimed yet.
 Resolving (ciwatch.resolve) reads a newly queued run's concurrency group and
 cancels the older runs of the group that a new commit supersedes. Dispatching
 starts runs in order (priority, then age) while under the global limit, the
-repository's limit and, for one-at-a-time groups, while the group is free; a
+repository's limit and, for one-at-a-time groups, while the group is free,
+and none while a filesystem runs write to is short of space (`disk_check`); a
 run left waiting has the reason stored on it, for `ciwatch status` and `why`.
 Resolving may fetch, so in the daemon it has a thread of its own: a slow
 remote never holds up the runs that are ready.
@@ -68,6 +69,7 @@ class Scheduler:
         log: logging.Logger | None = None,
         tick: float = 1.0,
         resolve_budget: float = 2.0,
+        disk_check: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -91,6 +93,9 @@ class Scheduler:
         self._handed_view: tuple[int, ...] = ()  # for status(), from other threads
         # run id -> (not before, failures): its worker exited without claiming it
         self._backoff: dict[int, tuple[float, int]] = {}
+        # "" when runs may start, else why they wait (ciwatch.diskspace.DiskCheck)
+        self.disk_check = disk_check or (lambda: "")
+        self._disk_wait = ""  # as of the last pass that had queued runs
 
     # -- control ---------------------------------------------------------------
 
@@ -152,6 +157,7 @@ class Scheduler:
             "running": len(running),
             "running_runs": [r.label for r in running],
             "dispatched": list(self._handed_view),  # given to a worker still alive
+            "disk": self._disk_wait,
             "waiting": [
                 {"id": rid, "label": label, "reason": reason}
                 for rid, label, reason in self.store.wait_reasons(50)
@@ -219,6 +225,8 @@ class Scheduler:
         in_flight = set(self.dispatcher.in_flight())
         queue = self.store.dispatch_queue(head)
         self._settle(in_flight, now)
+        if queue:
+            self._check_disk()
         if head is None:  # the whole queue was read: forget runs no longer in it
             queued = {q.id for q in queue}
             self._backoff = {k: v for k, v in self._backoff.items() if k in queued}
@@ -267,6 +275,8 @@ class Scheduler:
             return "paused"
         if self._draining:
             return "draining: no new run starts"
+        if self._disk_wait:
+            return self._disk_wait
         back = self._backoff.get(q.id)
         if back and back[0] > now:
             return f"its worker exited before starting it ({back[1]}x); retrying soon"
@@ -278,6 +288,15 @@ class Scheduler:
         if used >= self._max_running:
             return f"waiting for a free slot ({used} of {self._max_running} running)"
         return ""
+
+    def _check_disk(self) -> None:
+        """Measure free space once a pass; tell the operator when runs start
+        waiting for it and when they may start again, not on every pass."""
+        was, self._disk_wait = self._disk_wait, self.disk_check()
+        if self._disk_wait and not was:
+            self.log.warning("queued runs are held back: %s", self._disk_wait)
+        elif was and not self._disk_wait:
+            self.log.warning("disk space is back above the minimum; queued runs start again")
 
     def _settle(self, in_flight: set[int], now: float) -> None:
         """Forget runs whose worker is gone. One gone without claiming its run

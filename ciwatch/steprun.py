@@ -89,6 +89,10 @@ class StepRunner:
         finally:
             summary = log.close()
         result = replace(result, log_bytes=summary.bytes_stored, log_truncated=summary.truncated)
+        if summary.error:  # the output is not all on disk: the record says so
+            lost = f"log incomplete: {summary.error}"
+            reason = f"{result.reason}; {lost}" if result.reason else lost
+            result = replace(result, reason=reason, log_truncated=True)
         r.store.finish_step(step_id, result)
         r.observer.step_finished(self.run_, self.plan, step, result)
         return result

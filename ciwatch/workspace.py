@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ciwatch.diskspace import human_size, measure
 from ciwatch.errors import GitError, WorkspaceError
 from ciwatch.fstree import remove_tree
 from ciwatch.git import (
@@ -48,6 +49,7 @@ __all__ = [
     "Workspace",
     "init_repo_with_files",
     "local_repo_info",
+    "no_space",
     "workspace_dir",
 ]
 
@@ -62,6 +64,18 @@ def _positive(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise WorkspaceError(f"{name} must be a non-negative integer, got {value!r}")
     return value
+
+
+def no_space(path: Path, detail: str) -> str | None:
+    """A plain "no space left on device" message when `detail` (git's or the
+    system's words) says the filesystem holding `path` is full; else None."""
+    if "No space left on device" not in detail and "Disk quota exceeded" not in detail:
+        return None
+    try:
+        free = f"{human_size(measure(path).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return f"no space left on device ({free} on the filesystem of {path}): {detail}"
 
 
 def workspace_dir(root: Path, repo_id: int, run_number: int, attempt: int) -> Path:
@@ -96,8 +110,12 @@ class Workspace:
     def create(self) -> None:
         if self.root.exists() and any(self.root.iterdir()):
             raise WorkspaceError(f"workspace {self.root} already exists")
-        for d in (self.root, self.home, self.tmp):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            for d in (self.root, self.home, self.tmp):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            detail = f"cannot create workspace {self.root}: {exc.strerror or exc}"
+            raise WorkspaceError(no_space(self.root, detail) or detail) from None
 
     def remove(self) -> None:
         """Delete the attempt directory and nothing else: symlinks are unlinked,
@@ -326,11 +344,15 @@ class Mirror:
             head = self.git.run(["rev-parse", "--verify", "HEAD"], **wt).decode().strip()
             if head != sha:
                 raise GitError(f"checkout ended at {head}, not {sha}")
-        except BaseException:
+        except BaseException as exc:
+            # Measured before the removal frees what the checkout had written.
+            full = no_space(ws.root.parent, str(exc)) if isinstance(exc, GitError) else None
             try:
                 ws.remove()
             except WorkspaceError:
                 pass  # the git failure is the one worth reporting
+            if full:
+                raise WorkspaceError(full) from exc
             raise
         return ws
 

@@ -36,7 +36,7 @@ from typing import Protocol
 from ciwatch.errors import GitError, WorkspaceError
 from ciwatch.fstree import remove_tree
 from ciwatch.git import check_sha, redact
-from ciwatch.workspace import Mirror, Workspace
+from ciwatch.workspace import Mirror, Workspace, no_space
 
 __all__ = [
     "CachedCheckout",
@@ -292,6 +292,13 @@ class CachedCheckouts:
 
     def acquire(self, mirror: Mirror, sha: str, dest: Path) -> CachedCheckout | FreshCheckout:
         sha = check_sha(sha)
+        try:
+            return self._acquire(mirror, sha, dest)
+        except OSError as exc:  # the cache's own files (a full disk, most likely)
+            detail = f"cached checkout into {dest}: {exc.strerror or exc}"
+            raise WorkspaceError(no_space(self._base(mirror), detail) or detail) from None
+
+    def _acquire(self, mirror: Mirror, sha: str, dest: Path) -> CachedCheckout | FreshCheckout:
         lock = self._lock_free_slot(self._base(mirror))
         if lock is None:
             return FreshCheckout(mirror.checkout(sha, dest))

@@ -17,14 +17,18 @@ import pytest
 from ciwatch import pipeline
 from ciwatch.model import EventKind
 from ciwatch.pipeline import EventContext, Limits, Spec
-from ciwatch.pipeline.plan import OnNewCommit, RetryOn
+from ciwatch.pipeline.plan import OnNewCommit, Resources, RetryOn
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = sorted(p.name[: -len(".yml")] for p in GOLDEN.glob("*.yml"))
 
 
 def _event(raw: dict) -> tuple[EventContext, Limits]:
-    limits = Limits(**raw.pop("limits", {}))
+    limits = raw.pop("limits", {})
+    for key in ("max_resources", "default_resources"):
+        if key in limits:
+            limits[key] = Resources(**limits[key])
+    limits = Limits(**limits)
     changed = raw.pop("changed_paths", None)
     return EventContext(
         kind=EventKind(raw.pop("kind")),
@@ -183,6 +187,36 @@ def test_retries_over_a_smaller_limit_are_clamped_at_compile_time() -> None:
     assert [str(w) for w in compiled.warnings] == [
         "p.yml:3:12: warning: steps[0].retry: 4 retries are more than the limit of 1; using 1"
     ]
+
+
+def test_without_operator_limits_a_step_gets_only_what_it_asks() -> None:
+    text = "steps:\n  - run: x\n  - run: y\n    resources: {memory: 1.5G, cpu_time: 1h}\n"
+    first, second = compile_text(text, push()).plans[0].steps
+    assert first.resources == Resources() and first.image is None
+    assert second.resources == Resources(memory_bytes=3 << 29, cpu_seconds=3600.0)
+
+
+def test_operator_maxima_bind_steps_that_ask_nothing_and_warn_once_per_value() -> None:
+    limits = Limits(max_resources=Resources(memory_bytes=1 << 30, processes=100))
+    text = "matrix: {a: [1, 2]}\nresources: {processes: 1000}\nsteps: [{run: x}, {run: y}]\n"
+    compiled = compile_text(text, push(), limits)
+    assert {s.resources for p in compiled.plans for s in p.steps} == {
+        Resources(memory_bytes=1 << 30, processes=100)
+    }
+    assert [str(w) for w in compiled.warnings] == [
+        "p.yml:2:24: warning: resources.processes: 1000 is more than the limit of 100; using 100"
+    ]
+
+
+def test_operator_default_applies_only_where_the_pipeline_is_silent() -> None:
+    limits = Limits(
+        max_resources=Resources(memory_bytes=4 << 30),
+        default_resources=Resources(memory_bytes=1 << 30, open_files=1024),
+    )
+    text = "steps:\n  - run: x\n  - run: y\n    resources: {memory: 2G}\n"
+    first, second = compile_text(text, push(), limits).plans[0].steps
+    assert first.resources == Resources(memory_bytes=1 << 30, open_files=1024)
+    assert second.resources == Resources(memory_bytes=2 << 30, open_files=1024)
 
 
 def test_concurrency_group_is_expanded_from_event_fields_only() -> None:

@@ -42,8 +42,8 @@ BAD = [
     (
         "steps:\n  - run: x\n    zzz: 1\n",
         ".ciwatch.yml:3:5: steps[0].zzz: unknown key 'zzz'; "
-        "expected one of: allow_failure, artifacts, depends_on, env, idle_timeout, interruptible, "
-        "name, retry, run, secrets, shell, timeout, when",
+        "expected one of: allow_failure, artifacts, depends_on, env, idle_timeout, image, "
+        "interruptible, name, resources, retry, run, secrets, shell, timeout, when",
     ),
     ("steps:\n  - name: a\n", ".ciwatch.yml:2:5: steps[0].run: required key is missing"),
     (
@@ -262,6 +262,62 @@ BAD = [
         "matrix: {py: [[1]]}\nsteps: [{run: x}]\n",
         ".ciwatch.yml:1:15: matrix.py[0]: expected a string, number or boolean, got a list",
     ),
+    # resources, image
+    (
+        step("resources: {memory: 12X}"),
+        ".ciwatch.yml:3:25: steps[0].resources.memory: expected a size like 1048576 (bytes), "
+        '"512K", "64M" or "2G", got \'12X\'',
+    ),
+    (
+        step("resources: {memory: 512}"),
+        ".ciwatch.yml:3:25: steps[0].resources.memory: 512 B is less than 1 MiB; "
+        "did you mean '512M'?",
+    ),
+    (
+        "resources: {memory: -1G}\nsteps: [{run: x}]\n",
+        ".ciwatch.yml:1:21: resources.memory: expected a size like",
+    ),
+    (
+        step("resources: {processes: 0}"),
+        ".ciwatch.yml:3:28: steps[0].resources.processes: must be at least 1, got 0",
+    ),
+    (
+        step("resources: {processes: '50'}"),
+        ".ciwatch.yml:3:28: steps[0].resources.processes: expected an integer, got a string",
+    ),
+    (
+        step("resources: {open_files: 3}"),
+        ".ciwatch.yml:3:29: steps[0].resources.open_files: must be at least 8, got 3",
+    ),
+    (
+        step("resources: {file_size: true}"),
+        ".ciwatch.yml:3:28: steps[0].resources.file_size: expected a size like 1048576 (bytes), "
+        '"512K", "64M" or "2G", got a boolean',
+    ),
+    (
+        step("resources: {cpu_time: 10 minutes}"),
+        ".ciwatch.yml:3:27: steps[0].resources.cpu_time: expected a duration like 90 (seconds), "
+        '"90s", "10m", "1h30m" or "500ms", got \'10 minutes\'',
+    ),
+    (
+        step("resources: {cpu_time: 0}"),
+        "steps[0].resources.cpu_time: must be greater than zero, got 0",
+    ),
+    (
+        step("resources: {mem: 1G}"),
+        ".ciwatch.yml:3:17: steps[0].resources.mem: unknown key 'mem'; did you mean 'memory'?",
+    ),
+    (
+        step("resources: 1G"),
+        ".ciwatch.yml:3:16: steps[0].resources: expected a mapping, got a string",
+    ),
+    (
+        step("image: '--privileged'"),
+        ".ciwatch.yml:3:12: steps[0].image: '--privileged' is not an image reference",
+    ),
+    (step("image: 'Alpine'"), "steps[0].image: 'Alpine' is not an image reference"),
+    ("image: ''\nsteps: [{run: x}]\n", ".ciwatch.yml:1:8: image: must not be empty"),
+    ("image: 3\nsteps: [{run: x}]\n", ".ciwatch.yml:1:8: image: expected a string, got an integer"),
 ]
 
 
@@ -372,8 +428,8 @@ def test_a_valid_file_has_no_problems_and_normalised_values() -> None:
     assert found == [
         ".ciwatch.yml:14:5: steps[1].name_is_not_a_key: unknown key "
         "'name_is_not_a_key'; expected one of: allow_failure, artifacts, depends_on, "
-        "env, idle_timeout, interruptible, name, retry, run, secrets, shell, "
-        "timeout, when"
+        "env, idle_timeout, image, interruptible, name, resources, retry, run, secrets, "
+        "shell, timeout, when"
     ]
     spec = pipeline.parse(source.replace("    name_is_not_a_key: 1\n", "").encode(), F)
     assert spec.env == {"N": "1", "B": "true", "F": "1.5", "S": "s"}
@@ -472,6 +528,30 @@ def test_json_schema_shorthands_are_allowed() -> None:
     run_types = [t.get("type") for t in props["run"]["anyOf"]]
     assert run_types == ["string", "array"]
     assert {"type": "integer"} in props["retry"]["anyOf"]
+
+
+def test_json_schema_resources_and_image_agree_with_the_parser() -> None:
+    import jsonschema
+
+    schema = pipeline.json_schema()
+    check = jsonschema.Draft202012Validator(schema)
+    good = {
+        "image": "docker.io/library/python:3.12-slim",
+        "resources": {"memory": "512M", "processes": 256, "open_files": 1024, "cpu_time": "10m"},
+        "steps": [{"run": "x", "image": "alpine:3.20", "resources": {"file_size": 1 << 30}}],
+    }
+    assert list(check.iter_errors(good)) == []
+    assert not problems(json.dumps(good))  # JSON is YAML: the parser agrees
+    for bad in (
+        {"resources": {"memory": "lots"}},
+        {"resources": {"processes": 0}},
+        {"resources": {"open_files": 3}},
+        {"resources": {"swap": "1G"}},
+        {"image": "-v/:/host"},
+    ):
+        doc = {**bad, "steps": [{"run": "x"}]}
+        assert list(check.iter_errors(doc)), bad
+        assert problems(json.dumps(doc)), bad
 
 
 # --- validation is generic: the daemon config uses it too ----------------------------------

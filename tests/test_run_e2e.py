@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -294,12 +296,24 @@ def test_demo_starts_the_daemon_pushes_and_goes_green(tmp_path):
     assert again.returncode == 0 and "app#2 success" in again.stdout, again.stdout + again.stderr
 
 
-def test_the_sandbox_executor_hides_state_and_secrets_from_steps(tmp_path, repo):
-    (tmp_path / "token").write_text("sandboxed-secret-value\n")
+@pytest.fixture
+def outside_tmp():
+    """A directory outside /tmp: the sandbox's /tmp is its own, which would hide
+    anything under it whether ciwatch hid it or not."""
+    d = Path(tempfile.mkdtemp(prefix="ciwatch-test-", dir="/var/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_sandbox_executor_hides_state_and_secrets_from_steps(tmp_path, repo, outside_tmp):
+    (outside_tmp / "token").write_text("sandboxed-secret-value\n")
+    (outside_tmp / "web-token").write_text("operator-web-token\n")
+    (outside_tmp / "plain").write_text("not-a-secret\n")
     cfg = tmp_path / "ciwatch.yaml"
     cfg.write_text(
         "executor: {kind: sandbox, network: false}\n"
-        f"secrets:\n  TOKEN: {{file: {tmp_path / 'token'}}}\n"
+        f"secrets:\n  TOKEN: {{file: {outside_tmp / 'token'}}}\n"
+        f"web: {{token_file: {outside_tmp / 'web-token'}}}\n"
     )
     make_repo(
         repo,
@@ -310,7 +324,9 @@ steps:
     run: echo built > out.txt && cat out.txt
   - name: snoops
     run: |
-      if cat {tmp_path / "token"} 2>/dev/null; then echo READ-THE-TOKEN; fi
+      cat {outside_tmp / "plain"}
+      if cat {outside_tmp / "token"} 2>/dev/null; then echo READ-THE-TOKEN; fi
+      if cat {outside_tmp / "web-token"} 2>/dev/null; then echo READ-THE-WEB-TOKEN; fi
       if ls {tmp_path / ".ciwatch"} 2>/dev/null | grep -q ciwatch.db; then echo SAW-THE-STATE; fi
       touch {tmp_path}/escaped 2>/dev/null || true
       if touch /usr/ciwatch-escaped 2>/dev/null; then echo WROTE-OUTSIDE; fi
@@ -321,7 +337,9 @@ steps:
     out = ciwatch(tmp_path, "run", str(repo), "-c", str(cfg))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "built" in out.stdout and "snooped" in out.stdout
-    for leak in ("READ-THE-TOKEN", "SAW-THE-STATE", "WROTE-OUTSIDE", "sandboxed-secret-value"):
+    assert "not-a-secret" in out.stdout  # the host is visible; only secrets are hidden
+    leaks = ("READ-THE-TOKEN", "READ-THE-WEB-TOKEN", "SAW-THE-STATE", "WROTE-OUTSIDE")
+    for leak in (*leaks, "sandboxed-secret-value", "operator-web-token"):
         assert leak not in out.stdout
     # /tmp is the sandbox's own tmpfs: a write there never reaches the host
     assert not (tmp_path / "escaped").exists()

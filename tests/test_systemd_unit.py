@@ -163,11 +163,12 @@ def expand_syscalls(names: list[str]) -> set[str]:
 
 def test_hardening_exposure_stays_low(tmp_path):
     # `systemd-analyze security` scores 0 (locked down) to 10 (exposed); the unit
-    # scores 2.9 here. A change that loosens it beyond 3.0 fails.
+    # scores 3.1 here (2.9 before its cgroup was delegated for step limits). A change
+    # that loosens it beyond 3.2 fails.
     stub_unit = tmp_path / "ciwatch.service"
     stub_unit.write_text(UNIT.read_text().replace("/usr/local/bin/ciwatch", "/bin/true", 1))
     out = run(
-        tool("systemd-analyze"), "security", "--offline=yes", "--threshold=30", str(stub_unit)
+        tool("systemd-analyze"), "security", "--offline=yes", "--threshold=32", str(stub_unit)
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
 

@@ -1,5 +1,10 @@
 """Commands that talk to the running daemon over ``STATE/control.sock``:
-`status`, `drain`, `pause`, `resume`, `cancel`, `trigger`, `reload`.
+`status`, `drain`, `pause`, `resume`, `cancel`, `retry`, `trigger`, `reload`.
+
+`status` goes through the daemon's HTTP API when it answers (GET /api/status
+gives the same document), and `cancel`, `retry`, `trigger` too when the
+operator's web token is at hand (ciwatch.commands.viaapi); the socket is the
+way in otherwise.
 
 Each sends one request ``{"cmd": NAME, ...}``; the daemon answers one JSON
 object. Every answer has ``"ok"``; a refusal is ``{"ok": false, "error":
@@ -33,6 +38,10 @@ either; a restarted daemon starts neither paused nor draining.
 ``cancel`` ``{"run": "17" | "app#3"}`` -> ``{"ok": true, "run": 17, "label":
 "app#3"}``; a run that already finished is ``{"ok": false, "error": ...}``.
 
+``retry`` ``{"run": "17" | "app#3"}`` -> ``{"ok": true, "run": 18, "label":
+"app#4", "ref": ..., "sha": ...}``: a new run of the same event; a run still
+queued or running is ``{"ok": false, "error": ...}``.
+
 ``trigger`` ``{"repo": "app", "ref": "main" | "refs/tags/v1" | null}`` (null:
 the repository's default branch) -> ``{"ok": true, "run": 18, "label": "app#4",
 "ref": "refs/heads/main", "sha": "..."}``.
@@ -52,8 +61,10 @@ import time
 
 import click
 
+from ciwatch.apiclient import ApiClient
 from ciwatch.app import App
 from ciwatch.cli import config_option, json_option
+from ciwatch.commands.viaapi import daemon_api, find_run_id
 from ciwatch.console import fmt_duration
 from ciwatch.control import ControlClient, DaemonNotRunning, socket_path
 from ciwatch.model import ref_display
@@ -78,6 +89,10 @@ class _Client(ControlClient):
             if not self.hint:
                 raise
             raise DaemonNotRunning(f"{exc}; {self.hint}") from None
+
+
+def _api(config_path: str | None, *, actions: bool = False) -> ApiClient | None:
+    return daemon_api(App.load(config_path), actions=actions)
 
 
 def _client(config_path: str | None, timeout: float = TIMEOUT) -> ControlClient:
@@ -195,7 +210,8 @@ def render_status(st: dict, now: float) -> list[str]:
 @config_option
 def status(as_json, config_path):
     """Show what the daemon is doing: running and queued runs, sources, recent errors."""
-    answer = _client(config_path).call("status")
+    api = _api(config_path)
+    answer = api.get("/api/status") if api else _client(config_path).call("status")
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
@@ -272,9 +288,50 @@ def cancel(run_spec, config_path):
         raise click.BadParameter(
             f"{run_spec!r}: give a run id (17) or REPO#NUMBER (app#3)", param_hint="RUN"
         )
-    answer = _client(config_path).call("cancel", run=run_spec)
+    api = _api(config_path, actions=True)
+    if api is not None:
+        run = api.post(f"/api/runs/{find_run_id(api, run_spec)}/cancel")["run"]
+        answer = {"run": run["id"], "label": run["label"]}
+    else:
+        answer = _client(config_path).call("cancel", run=run_spec)
     label = _text(answer.get("label") or run_spec)
     click.echo(f"cancel requested for {label} (run {_text(answer.get('run'))})")
+
+
+def _action_answer(run: dict) -> dict:
+    """An API answer's run in the control socket's answer shape."""
+    return {
+        "ok": True,
+        "run": run["id"],
+        "label": run["label"],
+        "ref": run["ref"],
+        "sha": run["sha"],
+    }
+
+
+@click.command()
+@click.argument("run_spec", metavar="RUN")
+@json_option
+@config_option
+def retry(run_spec, as_json, config_path):
+    """Run RUN (a run id, or REPO#NUMBER) again: a new run of the same commit
+    and ref, with the same trust. RUN must have finished."""
+    if not _RUN_SPEC.match(run_spec):
+        raise click.BadParameter(
+            f"{run_spec!r}: give a run id (17) or REPO#NUMBER (app#3)", param_hint="RUN"
+        )
+    api = _api(config_path, actions=True)
+    if api is not None:
+        answer = _action_answer(api.post(f"/api/runs/{find_run_id(api, run_spec)}/retry")["run"])
+    else:
+        answer = _client(config_path).call("retry", run=run_spec)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(
+        f"queued {_text(answer.get('label'))} (run {_text(answer.get('run'))}),"
+        f" again {_text(answer.get('ref'))} at {_text(answer.get('sha'))[:12]}"
+    )
 
 
 @click.command()
@@ -291,7 +348,12 @@ def trigger(repo, ref, as_json, config_path):
       ciwatch trigger app
       ciwatch trigger app release/2.0
     """
-    answer = _client(config_path, TRIGGER_TIMEOUT).call("trigger", repo=repo, ref=ref)
+    api = _api(config_path, actions=True)
+    if api is not None:
+        body = {"repo": repo, "branch": ref}
+        answer = _action_answer(api.post("/api/trigger", body, timeout=TRIGGER_TIMEOUT)["run"])
+    else:
+        answer = _client(config_path, TRIGGER_TIMEOUT).call("trigger", repo=repo, ref=ref)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
@@ -310,4 +372,4 @@ def reload(config_path):
     click.echo("configuration reloaded")
 
 
-COMMANDS = [status, drain, pause, resume, cancel, trigger, reload]
+COMMANDS = [status, drain, pause, resume, cancel, retry, trigger, reload]

@@ -14,32 +14,26 @@ nothing outlives the step; the step's result is still the shell's. The end of
 the step is the shell's exit, never the end of its output pipe: a process that
 escapes with the pipe open cannot hold ciwatch, and reading stops at most
 ``drain`` seconds after the last process of the step is gone.
+
+Resource limits (``step.resources``) and the step's cgroup: see ``limits``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from ciwatch.errors import ExecutorError
-from ciwatch.executors import supervise
+from ciwatch.executors import cgroups, limits, stepstart, supervise
 from ciwatch.executors.base import CancelToken, LogSink, StepSpec
+from ciwatch.executors.stepstart import Wrap
 from ciwatch.model import FailureKind, StepResult, StepState
-
-Wrap = Callable[[StepSpec, Sequence[str]], Sequence[str]]
-"""Turns the step's command (resolved shell, its arguments, the script file)
-into the argv actually spawned; argv[0] must be an executable's path. Raises
-ExecutorError when the step cannot be started that way."""
-
-
-class _CannotStart(Exception):
-    """The step could not be started (becomes an ERROR/INFRA result)."""
 
 
 @dataclass
@@ -69,18 +63,6 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{n}{unit}" for n, unit in parts if n)
 
 
-def resolve_executable(cmd: str, env: Mapping[str, str], workdir: Path) -> str | None:
-    """Where `cmd` is, looked up in env's PATH (not ciwatch's own) like execvp."""
-    if "/" in cmd:
-        return cmd  # relative ones resolve against the workdir, the step's cwd
-    path = env.get("PATH") or os.confstr("CS_PATH") or "/bin:/usr/bin"
-    for folder in path.split(":"):
-        candidate = Path(workdir, folder or ".", cmd)
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(Path(folder or ".", cmd))
-    return None
-
-
 class ProcessExecutor:
     """Runs steps as supervised local processes (implements executors.base.Executor).
 
@@ -88,7 +70,9 @@ class ProcessExecutor:
     long a cancel takes to be noticed. `wrap`, if given, runs the step's command
     under another program (a sandbox) with the same supervision;
     `leftover_notes=False` silences the note about processes left behind, for
-    a wrapper whose own processes outlive the shell by design.
+    a wrapper whose own processes outlive the shell by design. `cgroups` is
+    where step cgroups are made: "auto" finds it (cgroups.find), None never
+    makes one.
     """
 
     def __init__(
@@ -102,6 +86,7 @@ class ProcessExecutor:
         read_size: int = 256 * 1024,
         wrap: Wrap | None = None,
         leftover_notes: bool = True,
+        cgroups: cgroups.Hierarchy | None | str = "auto",
     ) -> None:
         self._clock = clock
         self._poll = poll
@@ -112,29 +97,38 @@ class ProcessExecutor:
         self._wrap = wrap
         self._leftover_notes = leftover_notes
         self._prctl = supervise.load_prctl()
+        self._cgroups = _find_cgroups() if cgroups == "auto" else cgroups
+        self._cgroup_seq = itertools.count()
 
     def run(self, spec: StepSpec, sink: LogSink, cancel: CancelToken) -> StepResult:
         started = self._clock()
         if cancel.canceled:
             reason = f"{cancel.reason or 'canceled'} (before it started)"
             return self._result(StepState.CANCELED, FailureKind.CANCELED, reason, started)
-        script = None
+        script = guard = None
         try:
-            script = _write_script(spec)
-            request = _request(spec, script, self._wrap)
+            script = stepstart.write_script(spec)
+            guard = limits.prepare(spec.step.resources, self._cgroups, sink, self._new_cgroup)
+            request = stepstart.request(spec, script, self._wrap, guard)
             sup = supervise.start(request, self._prctl)
-        except (_CannotStart, ExecutorError, OSError) as exc:
+        except (stepstart.CannotStart, ExecutorError, OSError) as exc:
             if script is not None:
-                _unlink(script)
-            reason = f"cannot start step: {_describe(exc)}"
+                stepstart.unlink(script)
+            if guard is not None:
+                guard.close(sink)
+            reason = f"cannot start step: {stepstart.describe(exc)}"
             sink.note(reason)
             return self._result(StepState.ERROR, FailureKind.INFRA, reason, started)
         try:
             progress = self._watch(sup, spec, sink, cancel)
         finally:
             sup.close()
-            _unlink(script)
-        return self._finish(progress, spec, cancel, sink, started)
+            guard.close(sink)
+            stepstart.unlink(script)
+        return self._finish(progress, spec, cancel, sink, started, guard)
+
+    def _new_cgroup(self, hierarchy: cgroups.Hierarchy) -> cgroups.StepCgroup:
+        return cgroups.create(hierarchy, os.getpid(), next(self._cgroup_seq))
 
     def _result(self, state, failure, reason, started, exit_code=None) -> StepResult:
         return StepResult(
@@ -229,9 +223,13 @@ class ProcessExecutor:
                 break
         return p
 
-    def _finish(self, p: _Progress, spec, cancel, sink, started) -> StepResult:
+    def _finish(self, p: _Progress, spec, cancel, sink, started, guard) -> StepResult:
         result = self._outcome(p, spec, cancel, sink, started)
-        return replace(result, cpu_seconds=p.cpu_seconds, max_rss_kib=p.max_rss_kib)
+        result = limits.explain(result, guard, sink, p.status)
+        peak = guard.usage.peak_bytes if guard.usage is not None else None
+        # The cgroup's peak is the step's whole memory; the sampled one, its largest process.
+        rss = math.ceil(peak / 1024) if peak else p.max_rss_kib
+        return replace(result, cpu_seconds=p.cpu_seconds, max_rss_kib=rss)
 
     def _outcome(self, p: _Progress, spec, cancel, sink, started) -> StepResult:
         if p.no_subreaper:
@@ -247,6 +245,10 @@ class ProcessExecutor:
         if p.spawn_error:
             if p.spawn_error == "chdir":
                 what = f"working directory {spec.workdir}"
+            elif p.spawn_error == "cgroup":
+                what = "cannot join the step's cgroup"
+            elif p.spawn_error == "rlimit":
+                what = "cannot set the step's resource limits"
             else:
                 what = f"shell {spec.step.shell[0]!r}"
             reason = f"cannot start step: {what}: {os.strerror(p.spawn_errno)}"
@@ -310,61 +312,5 @@ def _signal_name(num: int) -> str:
         return str(num)
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return str(exc)
-
-
-def _write_script(spec: StepSpec) -> Path:
-    folder = Path(spec.script_dir)
-    path = folder / f"step-{spec.step.index}.sh"
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o700)
-        try:
-            os.fchmod(fd, 0o700)
-            view = memoryview(spec.step.script.encode("utf-8", "surrogateescape"))
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise _CannotStart(f"cannot write the step script {path}: {exc.strerror}") from exc
-    return path
-
-
-def _request(spec: StepSpec, script: Path, wrap: Wrap | None) -> supervise.SpawnRequest:
-    step = spec.step
-    if not step.shell:
-        raise _CannotStart("no shell configured")
-    env: dict[bytes, bytes] = {}
-    for key, value in spec.env.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise _CannotStart(f"invalid environment variable name {key!r}")
-        env[os.fsencode(key)] = os.fsencode(value)
-    found = resolve_executable(step.shell[0], spec.env, spec.workdir)
-    if found is None:
-        path = spec.env.get("PATH", "")
-        raise _CannotStart(f"shell {step.shell[0]!r} not found in PATH ({path or 'unset'})")
-    argv: Sequence[str] = (*step.shell, str(script))
-    path = found
-    if wrap is not None:
-        argv = wrap(spec, (found, *step.shell[1:], str(script)))
-        path = argv[0]
-    return supervise.SpawnRequest(
-        path=os.fsencode(path),
-        argv=tuple(os.fsencode(a) for a in argv),
-        env=env,
-        cwd=os.fsencode(spec.workdir),
-        grace=spec.grace,
-    )
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def _find_cgroups() -> cgroups.Hierarchy | None:
+    return cgroups.find()

@@ -44,7 +44,9 @@ class SandboxExecutor:
     `bwrap` is the program (a name looked up in ciwatch's own PATH, or a path);
     `network=False` gives the step no network at all, not even loopback;
     `hide` lists paths the step must not see. Other keyword arguments go to
-    ProcessExecutor (`poll`, `monotonic`, `drain`, `kill_wait`, `read_size`).
+    ProcessExecutor (`poll`, `monotonic`, `drain`, `kill_wait`, `read_size`,
+    `cgroups`). Resource limits and the step's cgroup apply to bwrap and all
+    it starts, as for `process`.
     """
 
     def __init__(

@@ -12,8 +12,9 @@ no child left), so nothing the step started outlives it.
 It is a fork of a possibly multi-threaded parent, so the child only makes
 ``os``/``select``/``signal`` calls on objects prepared before the fork: no
 imports, no locks, no logging, garbage collection off, and it never returns
-into the parent's code (``os._exit``). The shell itself is started with
-``posix_spawn`` (vfork-like, no copy of the parent's memory).
+into the parent's code (``os._exit``). The shell itself is started by
+``launch`` (a fork of the supervisor that joins the step's cgroups and sets
+its resource limits before it execs).
 
 Protocol. Parent -> supervisor, control pipe: ``T`` SIGTERM (then SIGCONT) to
 every descendant; ``K`` SIGKILL every descendant until none is left; end of file
@@ -21,7 +22,7 @@ every descendant; ``K`` SIGKILL every descendant until none is left; end of file
 pipe, ASCII lines::
 
     S <pid>             the shell started
-    E <errno> <stage>   it could not start (stage: chdir | spawn)
+    E <errno> <stage>   it could not start (stage: chdir | cgroup | rlimit | spawn)
     W <word>            a warning (no-subreaper)
     X <wait status>     the shell exited
     T <n>               SIGTERM sent to n processes (on request)
@@ -51,6 +52,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ciwatch.executors.launch import LaunchError, launch
+
 PR_SET_CHILD_SUBREAPER = 36
 PIPE_SIZE = 1 << 20  # fewer wake-ups for a step that prints a lot
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -63,6 +66,8 @@ class SpawnRequest:
     env: Mapping[bytes, bytes]  # the complete environment
     cwd: bytes
     grace: float  # seconds between SIGTERM and SIGKILL for processes left behind
+    cgroup_procs: tuple[bytes, ...] = ()  # cgroup.procs files the shell joins
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard) for the shell
 
 
 @dataclass(frozen=True)
@@ -219,23 +224,10 @@ def _supervise(req, prctl, out_w, ctl_r, st_w, max_fd, sigdef, handled) -> int:
     except OSError as exc:
         report(b"E %d chdir\n" % exc.errno)
         return 0
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out_w, 1),
-        (os.POSIX_SPAWN_DUP2, out_w, 2),
-    ]
     try:
-        shell = os.posix_spawn(
-            req.path,
-            list(req.argv),
-            req.env,
-            file_actions=actions,
-            setsid=True,
-            setsigdef=sigdef,
-            setsigmask=(),
-        )
-    except OSError as exc:
-        report(b"E %d spawn\n" % (exc.errno or 0))
+        shell = launch(req.path, req.argv, req.env, out_w, req.cgroup_procs, req.rlimits, sigdef)
+    except LaunchError as exc:
+        report(b"E %d %s\n" % (exc.errno, exc.stage.encode("ascii", "replace")))
         return 0
     os.close(out_w)  # only the step holds the output pipe now
     report(b"S %d\n" % shell)

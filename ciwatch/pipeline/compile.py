@@ -10,6 +10,9 @@
   file order; `depends_on: []` means it needs nothing.
 - `when` is decided here for branch/tag/event/path; `when.status` becomes
   PlanStep.run_on (the runner decides it while running).
+- `resources` per key: the step's, else the pipeline's, else the operator's
+  default, else the operator's maximum; asks over the maximum are clamped with
+  a warning (see resources.py). `image`: the step's, else the pipeline's.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from ciwatch.pipeline.plan import (
     OnNewCommit,
     Plan,
     PlanStep,
+    Resources,
     RetryOn,
     RetryPolicy,
 )
+from ciwatch.pipeline.resources import resolve
 from ciwatch.pipeline.spec import Spec, Step
 from ciwatch.pipeline.when import why_not
 from ciwatch.pipeline.yamlcore import Path
@@ -48,6 +53,7 @@ class _Timing:
     idle: float | None
     steps: tuple[tuple[float, float | None], ...]  # (timeout, idle_timeout) per step
     retries: tuple[int, ...]
+    resources: tuple[Resources, ...]
     warnings: tuple[Diagnostic, ...]
 
 
@@ -84,7 +90,11 @@ def _timing(spec: Spec, limits: Limits) -> _Timing:
                 )
             )
         retries.append(min(wanted, limits.max_retries))
-    return _Timing(pipeline, idle, tuple(steps), tuple(retries), tuple(warnings))
+    resources, clamped = resolve(
+        spec.resources, [s.resources for s in spec.steps], limits, spec.diagnostic
+    )
+    warnings.extend(clamped)
+    return _Timing(pipeline, idle, tuple(steps), tuple(retries), resources, tuple(warnings))
 
 
 def limit_warnings(spec: Spec, limits: Limits) -> list[Diagnostic]:
@@ -158,6 +168,8 @@ def _step(
         interruptible=step.interruptible,
         artifacts=tuple(step.artifacts),
         skip_reason=skip,
+        resources=timing.resources[i],
+        image=step.image or spec.image,
     )
 
 

@@ -27,6 +27,19 @@ RESERVED_PREFIX = "CIWATCH_"
 DEFAULT_SHELL = "sh -e"
 TEMPLATE_FIELDS = ("repo", "branch", "ref", "event")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A container image reference: [host[:port]/]path[:tag][@digest] (the OCI
+# distribution grammar, kept to what registries accept). Never starts with "-",
+# so it can never be read as an option of the container engine.
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_HOST = rf"(?:{_IMAGE_LABEL}(?:\.{_IMAGE_LABEL})*(?::[0-9]+)?/)"
+IMAGE_PATTERN = (
+    rf"^{_IMAGE_HOST}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+_IMAGE = re.compile(IMAGE_PATTERN)
+MAX_IMAGE = 255
 
 
 def _env_name(name: str) -> str:
@@ -108,6 +121,17 @@ def _shell(command: str) -> str:
     if not argv:
         raise ValueError('must name a program, e.g. "sh -e" or "bash -eo pipefail"')
     return command
+
+
+def _image(ref: str) -> str:
+    if len(ref) > MAX_IMAGE:
+        raise ValueError(f"is {len(ref)} characters long; at most {MAX_IMAGE} allowed")
+    if not _IMAGE.fullmatch(ref):
+        raise ValueError(
+            f'{quote(ref)} is not an image reference; expected e.g. "alpine:3.20" or '
+            '"docker.io/library/python:3.12-slim" (repository names are lower case)'
+        )
+    return ref
 
 
 def template(group: str) -> str:
@@ -216,3 +240,9 @@ Artifacts = Annotated[
     list[RelativeGlob], BeforeValidator(one_or_many, json_schema_input_type=TEXT_OR_LIST)
 ]
 GroupTemplate = Annotated[str, Field(min_length=1), AfterValidator(template)]
+Image = Annotated[
+    str,
+    Field(min_length=1),
+    AfterValidator(_image),
+    WithJsonSchema({"type": "string", "pattern": IMAGE_PATTERN, "maxLength": MAX_IMAGE}),
+]

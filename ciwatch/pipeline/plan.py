@@ -47,6 +47,21 @@ class OnNewCommit(StrEnum):
 
 
 @dataclass(frozen=True)
+class Resources:
+    """A step's resource limits (sizes in bytes, CPU time in seconds); None: no limit.
+
+    In a PlanStep they are final: pipeline, step and operator default merged,
+    and clamped to the operator's maximum.
+    """
+
+    memory_bytes: int | float | None = None
+    processes: int | float | None = None
+    open_files: int | float | None = None
+    file_size_bytes: int | float | None = None
+    cpu_seconds: int | float | None = None
+
+
+@dataclass(frozen=True)
 class Limits:
     """Bounds from the daemon config that compile applies (clamping, defaults)."""
 
@@ -54,6 +69,10 @@ class Limits:
     max_timeout: float = 6 * 3600.0
     max_parallel: int = 4  # steps of one run at once
     max_retries: int = 5
+    # A step's resources: what it may ask for at most (also what it gets when
+    # neither it nor the pipeline nor `default_resources` says), and the default.
+    max_resources: Resources = field(default_factory=Resources)
+    default_resources: Resources = field(default_factory=Resources)
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,8 @@ class PlanStep:
     interruptible: bool = True
     artifacts: tuple[str, ...] = ()
     skip_reason: str | None = None  # set when `when` excluded the step for this event
+    resources: Resources = field(default_factory=Resources)  # already defaulted and clamped
+    image: str | None = None  # container image; only the container executor uses it
 
 
 @dataclass(frozen=True)

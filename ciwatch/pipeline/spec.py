@@ -34,6 +34,7 @@ from ciwatch.pipeline.fields import (
     EventList,
     GlobList,
     GroupTemplate,
+    Image,
     MatrixValues,
     PathList,
     RetryOnList,
@@ -47,6 +48,7 @@ from ciwatch.pipeline.fields import (
     retry_shorthand,
 )
 from ciwatch.pipeline.plan import Diagnostic, Limits, Severity
+from ciwatch.pipeline.resources import ResourcesSpec
 from ciwatch.pipeline.yamlcore import Path, format_path
 
 
@@ -114,6 +116,8 @@ class Step(_Model):
     interruptible: bool = True
     artifacts: Artifacts = Field(default_factory=list)
     shell: Shell | None = None
+    resources: ResourcesSpec | None = None  # per key over the pipeline's
+    image: Image | None = None  # over the pipeline's; the container executor's
 
 
 class Spec(_Model):
@@ -124,6 +128,8 @@ class Spec(_Model):
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
     shell: Shell | None = None
+    resources: ResourcesSpec | None = None
+    image: Image | None = None
     concurrency: ConcurrencySpec | None = None
     matrix: Annotated[dict[EnvName, MatrixValues], Field(min_length=1)] | None = None
     steps: Annotated[list[Step], Field(min_length=1, max_length=MAX_STEPS)]

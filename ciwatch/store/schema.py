@@ -208,4 +208,24 @@ STEP_RESOURCES = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES, STEP_RESOURCES)
+WEB = Migration(
+    name="web: commit subject and author, indexes for the run list and metrics",
+    statements=(
+        # Read from the commit when the run is resolved; NULL until then (or unreadable).
+        "ALTER TABLE runs ADD COLUMN subject TEXT",
+        "ALTER TABLE runs ADD COLUMN author TEXT",
+        # Keyset paging newest first (id DESC), one index per filter that leads:
+        # an index holds the rowid (= runs.id) after its columns, in order.
+        "CREATE INDEX runs_repo_id ON runs(repo_id, id)",
+        "CREATE INDEX runs_state_id ON runs(state, id)",
+        "CREATE INDEX runs_source_id ON runs(source, id)",
+        "CREATE INDEX runs_ref_id ON runs(ref, id)",
+        # Latest run per branch of a repository (skip-scan over distinct refs).
+        "CREATE INDEX runs_repo_ref_id ON runs(repo_id, ref, id)",
+        # Metrics read only what finished or started since the last scrape.
+        "CREATE INDEX runs_finished ON runs(finished_at)",
+        "CREATE INDEX runs_started ON runs(started_at)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES, STEP_RESOURCES, WEB)

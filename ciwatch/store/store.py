@@ -18,6 +18,7 @@ from ciwatch.store.attempts import AttemptsMixin
 from ciwatch.store.database import Database
 from ciwatch.store.deliveries import DeliveriesMixin
 from ciwatch.store.outbox import OutboxMixin
+from ciwatch.store.queries import QueriesMixin
 from ciwatch.store.refs import RefsMixin
 from ciwatch.store.rows import (
     EVENT_SELECT,
@@ -37,7 +38,15 @@ _RUNNING = RunState.RUNNING.value
 _QUEUED = RunState.QUEUED.value
 
 
-class Store(AttemptsMixin, StepsMixin, RefsMixin, SchedMixin, DeliveriesMixin, OutboxMixin):
+class Store(
+    AttemptsMixin,
+    StepsMixin,
+    RefsMixin,
+    SchedMixin,
+    DeliveriesMixin,
+    OutboxMixin,
+    QueriesMixin,
+):
     """ciwatch's database. Safe to share between threads; close() when done."""
 
     def __init__(self, db: Database, clock: Callable[[], float]) -> None:

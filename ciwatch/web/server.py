@@ -6,11 +6,16 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.routing import Match, Route
 
+from ciwatch import __version__
 from ciwatch.errors import CiwatchError
 
 
@@ -19,19 +24,65 @@ class WebServerError(CiwatchError):
 
 
 def create_app(
-    *routers: APIRouter, health: Callable[[], Mapping[str, object]] | None = None
+    *routers: APIRouter,
+    health: Callable[[], Mapping[str, object]] | None = None,
+    unlisted: Sequence[APIRouter] = (),
 ) -> FastAPI:
-    """The app with `/healthz` and the given routers. No interactive API docs:
-    the server faces forges, not browsers of its schema."""
-    app = FastAPI(title="ciwatch", docs_url=None, redoc_url=None, openapi_url=None)
+    """The app with `/healthz` and the given routers; its OpenAPI description
+    at /api/openapi.json (no bundled docs page: that would load scripts from a
+    CDN into a self-hosted server's origin). `unlisted` routers (the
+    webhooks: forges, not people, call them) stay out of the description.
 
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", **(health() if health else {})}
+    `/healthz` answers 200 while the daemon is live and ready, 503 when
+    `health()` says {"ready": False} (starting, stopping); `/healthz/live`
+    answers 200 as long as requests are served at all."""
+    app = FastAPI(
+        title="ciwatch",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+
+    @app.get("/healthz", tags=["operations"], responses={503: {"description": "not ready"}})
+    def healthz() -> JSONResponse:
+        """Liveness and readiness."""
+        body = {"status": "ok", **(health() if health else {})}
+        ready = body.get("ready", True) is not False
+        if not ready:
+            body["status"] = "unavailable"
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/healthz/live", tags=["operations"])
+    def live() -> dict:
+        """Liveness only: the process serves requests."""
+        return {"status": "ok"}
+
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's Allow names only the first route that matched the path;
+        # a path with one route per method (GET, POST, DELETE) needs them all.
+        allowed = set()
+        for route in (*app.router.routes, *(r for rt in (*routers, *unlisted) for r in rt.routes)):
+            if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+                allowed |= route.methods or set()
+        headers = {"Allow": ", ".join(sorted(allowed))}
+        return JSONResponse({"detail": "Method Not Allowed"}, 405, headers=headers)
 
     for router in routers:
+        for route in router.routes:
+            # Whatever a path names (a run, a step, a repository) may not exist: every
+            # such route may answer 404 {"detail": ...}, and its description says so.
+            if isinstance(route, APIRoute) and "{" in route.path and 404 not in route.responses:
+                route.responses[404] = {"description": "not found", "model": Problem}
         app.include_router(router)
+    for router in unlisted:
+        app.include_router(router, include_in_schema=False)
     return app
+
+
+class Problem(BaseModel):
+    detail: str
 
 
 class WebServer:
@@ -81,6 +132,9 @@ class WebServer:
             raise WebServerError(
                 f"cannot listen on {self.host}:{self._port}: {exc.strerror or exc}"
             ) from None
+        # Accepted connections inherit it: without it a keep-alive response
+        # written in two parts (headers, body) waits ~40 ms for a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,

@@ -1,0 +1,314 @@
+"""The `container` executor: each step in its own container (podman or docker).
+
+The image is the step's ``image:``, else the executor's default. The step runs
+``[*shell, script]`` in the image with the workspace, HOME and TMPDIR mounted
+read-write at their host paths (the workspace is the working directory), the
+script mounted read-only, exactly the given environment (see
+``containerspec``), ``--network none`` when the network is off, and its
+``resources:`` as ``--memory``, ``--pids-limit`` and ``--ulimit``. A small init
+(``--init``) is the container's PID 1: the shell gets signals as under the
+process executor, and when the shell ends the PID namespace ends with it, so
+nothing the step started outlives it. Output goes straight to ciwatch's pipe.
+
+Ending a step: a timeout, an idle timeout or a cancel runs ``kill --signal
+TERM``, then ``kill --signal KILL`` after ``spec.grace`` seconds; the notes and
+reasons are the process executor's. Whatever happened, the container is then
+removed (``rm --force``): it is created without ``--rm`` so that its state
+(exit code, OOM kill) can be read first. Containers of a ciwatch process that
+died are removed by ``engine.remove_leftovers``.
+
+Exit codes: a shell killed by a signal shows as 128+N (as under the sandbox).
+A step killed for exceeding its memory limit says so; engines that do not
+report the OOM kill (podman on cgroup v1 hybrid hosts) get "killed by signal
+SIGKILL" with the limit named as the likely cause. CPU time and peak memory
+are not measured: the container's cgroup goes away with it (None).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ciwatch.errors import ExecutorError
+from ciwatch.executors import containerspec
+from ciwatch.executors.base import CancelToken, LogSink, StepSpec
+from ciwatch.executors.containerresult import Progress, Verdict, cannot_start, verdict
+from ciwatch.executors.engine import Engine, find_engine, owner_of, remove_leftovers, scope_of
+from ciwatch.executors.images import Images
+from ciwatch.executors.process import format_duration
+from ciwatch.model import FailureKind, StepResult, StepState
+
+
+class ContainerExecutor:
+    """Runs steps in containers (implements executors.base.Executor).
+
+    `engine` is podman or docker (None: podman if installed, else docker);
+    `image` the image of steps without one; `engine_args` extra ``run``
+    options (e.g. ``--runtime runc``); `pull` never | missing | always, with
+    `pull_timeout` seconds per pull; `scope` the state directory (see
+    ``engine``); `engine_env` the engine client's environment (None:
+    ciwatch's). `token` names containers uniquely; `owner` is the owner label
+    (default: this process).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: str | None = None,
+        image: str | None = None,
+        engine_args: Sequence[str] = (),
+        network: bool = True,
+        pull: str = "missing",
+        pull_timeout: float = 600.0,
+        scope: str | Path = "",
+        engine_env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        token: Callable[[], str] = lambda: secrets.token_hex(4),
+        owner: str | None = None,
+        poll: float = 0.05,
+        drain: float = 1.0,
+        kill_wait: float = 5.0,
+        read_size: int = 256 * 1024,
+    ) -> None:
+        self._images = Images(image, pull, pull_timeout, monotonic)
+        self._engine_name = engine
+        self._engine_env = engine_env
+        self._engine_args = tuple(engine_args)
+        self._network = network
+        self._scope = scope_of(scope) if scope else "none"
+        self._owner = owner or owner_of(os.getpid())
+        self._clock = clock
+        self._mono = monotonic
+        self._token = token
+        self._poll = poll
+        self._drain = drain
+        self._kill_wait = kill_wait
+        self._read_size = read_size
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, found on first use; raises ExecutorError with the fix."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = find_engine(self._engine_name, self._engine_env)
+            return self._engine
+
+    def sweep(self) -> list[str]:
+        """Remove this installation's containers whose ciwatch process died (see
+        ``engine.remove_leftovers``); their names. An engine that is missing or
+        fails is left for the steps to report."""
+        try:
+            return remove_leftovers(self.engine, self._scope)
+        except ExecutorError:
+            return []
+
+    def run(self, spec: StepSpec, sink: LogSink, cancel: CancelToken) -> StepResult:
+        started = self._clock()
+        if not cancel.canceled:
+            try:
+                engine = self.engine
+                image = self._images.image_for(spec.step.image)
+                self._images.ensure(engine, image, sink, cancel)
+            except ExecutorError as exc:
+                if not cancel.canceled:
+                    return self._result(cannot_start(str(exc)), sink, started)
+        if cancel.canceled:
+            reason = f"{cancel.reason or 'canceled'} (before it started)"
+            return self._result(
+                Verdict(StepState.CANCELED, FailureKind.CANCELED, reason), sink, started
+            )
+        token = self._token()
+        name = containerspec.container_name(spec.env, spec.step.index, token)
+        files = None
+        try:
+            files = containerspec.write_files(spec, token)
+            proc = self._start(engine, spec, name, image, files)
+        except (ExecutorError, OSError) as exc:
+            if files is not None:
+                files.remove()
+            return self._result(cannot_start(_describe(exc)), sink, started)
+        state = None
+        try:
+            p = self._watch(proc, engine, name, spec, sink, cancel)
+            if p.ambiguous:
+                try:
+                    state = engine.state(name)
+                except ExecutorError as exc:
+                    sink.note(f"could not read the state of container {name}: {exc}")
+        finally:
+            _end_client(proc)
+            try:
+                problem = engine.remove(name)
+            except ExecutorError as exc:
+                problem = str(exc)
+            if problem:
+                sink.note(f"could not remove container {name}: {problem}")
+            files.remove()
+        reason = cancel.reason or "canceled"
+        v = verdict(
+            p, state, spec.step, spec.grace, image=image, engine=engine.name, cancel_reason=reason
+        )
+        return self._result(v, sink, started)
+
+    def _start(self, engine, spec: StepSpec, name: str, image: str, files) -> subprocess.Popen:
+        request = containerspec.run_request(
+            engine,
+            spec,
+            name=name,
+            image=image,
+            files=files,
+            network=self._network,
+            engine_args=self._engine_args,
+            scope=self._scope,
+            owner=self._owner,
+            resources=spec.step.resources,
+        )
+        return subprocess.Popen(
+            request.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=request.client_env,
+            start_new_session=True,  # a Ctrl-C in ciwatch's terminal is ciwatch's to handle
+        )
+
+    # -- while it runs -------------------------------------------------------
+
+    def _watch(self, proc, engine, name, spec: StepSpec, sink, cancel) -> Progress:
+        p = Progress()
+        step = spec.step
+        mono = self._mono
+        start = last_out = mono()
+        idle = step.idle_timeout
+        term_at = kill_at = exited_at = None
+        fd = proc.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        out_open = True
+        while True:
+            now = mono()
+            wait = self._poll
+            if p.rc is not None:
+                wait = exited_at + self._drain - now
+            elif p.stop is None:
+                wait = min(wait, start + step.timeout - now)
+                if idle is not None:
+                    wait = min(wait, last_out + idle - now)
+            elif kill_at is None:
+                wait = min(wait, term_at + spec.grace - now)
+            if out_open:
+                for _, _ in poller.poll(max(0, math.ceil(wait * 1000))):
+                    data = os.read(fd, self._read_size)
+                    if not data:
+                        out_open = False
+                        poller.unregister(fd)
+                        break
+                    sink.write(data)
+                    p.saw(data)
+                    last_out = mono()
+            elif p.rc is None:
+                try:
+                    proc.wait(timeout=max(0.0, wait))
+                except subprocess.TimeoutExpired:
+                    pass
+            if p.rc is None and proc.poll() is not None:
+                p.rc = proc.returncode
+                exited_at = mono()
+            now = mono()
+            if p.rc is not None:
+                if not out_open:
+                    break
+                if now >= exited_at + self._drain:
+                    sink.note(
+                        "the step's output pipe is still open after its container ended "
+                        f"(held outside the step?); stopped reading after {self._drain:g}s"
+                    )
+                    break
+                continue
+            if p.stop is None:
+                what = ""
+                if cancel.canceled:
+                    p.stop, what = FailureKind.CANCELED, cancel.reason or "canceled"
+                elif now >= start + step.timeout:
+                    p.stop = FailureKind.TIMEOUT
+                    what = f"timed out after {format_duration(step.timeout)}"
+                elif idle is not None and now - last_out >= idle:
+                    p.stop = FailureKind.IDLE_TIMEOUT
+                    what = f"no output for {format_duration(idle)} (idle timeout)"
+                if p.stop is not None:
+                    sink.note(f"{what}: sending SIGTERM to the step's processes")
+                    self._signal(engine, name, proc, "TERM", sink)
+                    term_at = mono()
+            elif kill_at is None and now >= term_at + spec.grace:
+                sink.note(
+                    f"still running {format_duration(spec.grace)} after SIGTERM: sending SIGKILL"
+                )
+                self._signal(engine, name, proc, "KILL", sink)
+                kill_at = mono()
+                p.kill_sent = True
+            elif kill_at is not None and now >= kill_at + self._kill_wait:
+                sink.note("the step's container did not end after SIGKILL; not waiting")
+                break
+        return p
+
+    def _signal(self, engine: Engine, name: str, proc, sig: str, sink) -> None:
+        try:
+            if engine.kill(name, sig, timeout=self._kill_wait):
+                return
+        except ExecutorError as exc:
+            sink.note(f"could not signal container {name}: {exc}")
+        if proc.poll() is None:
+            # No container yet (still being created): the client passes the
+            # signal on once it has one, or gives up.
+            _signal_group(proc, signal.SIGKILL if sig == "KILL" else signal.SIGTERM)
+
+    # -- after it ------------------------------------------------------------
+
+    def _result(self, v: Verdict, sink: LogSink, started: float) -> StepResult:
+        if v.infra:
+            sink.note(v.reason)
+        return StepResult(
+            state=v.state,
+            exit_code=v.exit_code,
+            failure=v.failure,
+            reason=v.reason,
+            started_at=started,
+            finished_at=self._clock(),
+        )
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:
+        pass  # already gone
+
+
+def _end_client(proc: subprocess.Popen) -> None:
+    """Make sure the engine client is gone and reaped, and its pipe closed."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGKILL)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
