@@ -100,8 +100,12 @@ class WorkspaceConfig(_Model):
 
 
 class RetentionConfig(_Model):
-    runs: int = Field(1000, gt=0)
-    log_days: int = Field(30, gt=0)
+    """What ciwatch keeps (ciwatch.retention removes the rest, hourly and at start)."""
+
+    runs: int = Field(1000, gt=0, le=10_000_000)  # finished runs per repository
+    log_days: int = Field(30, gt=0, le=36_500)  # logs and artifacts of older runs go
+    workspace_days: int = Field(3, gt=0, le=36_500)  # kept workspaces of failed runs
+    rejected_days: int = Field(14, gt=0, le=36_500)  # files in STATE/spool/rejected
 
 
 class LimitsConfig(_Model):

@@ -16,10 +16,12 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ciwatch.commands.gc import retention_policy
 from ciwatch.config import Config, read_config, read_secrets
 from ciwatch.control import ControlServer
 from ciwatch.daemonops import Operations
@@ -39,6 +41,7 @@ from ciwatch.outbox import Outbox
 from ciwatch.recovery import recover
 from ciwatch.reporting import Reporter
 from ciwatch.resolve import Resolver
+from ciwatch.retention import Retention
 from ciwatch.scheduler import Scheduler
 from ciwatch.sdnotify import NOTIFY_ENV, Notifier
 from ciwatch.sources.barewatch import BareWatch
@@ -184,6 +187,17 @@ class Daemon:
 
         self.aps = BackgroundScheduler(timezone="UTC")
         self.aps.start()
+        # Retention: now (recovery is done) and hourly, on the scheduler's threads.
+        self.aps.add_job(
+            self._retention,
+            "interval",
+            hours=1,
+            next_run_time=datetime.now(UTC),
+            id="retention",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,  # a pass that starts late still runs
+        )
         self.spool_dir = default_spool(self.state_dir)
         self.spool = HookSpool(self.spool_dir, self.intake, self._known, log=self.log)
         self.watch = BareWatch(self.intake, self.store, self.git, log=self.log)
@@ -262,6 +276,23 @@ class Daemon:
         self.scheduler.wake()
         if self.outbox is not None:  # started after the intake
             self.outbox.wake()
+
+    def _retention(self) -> None:
+        """One retention pass; a failure is logged, never raised (the daemon goes on)."""
+        try:
+            Retention(
+                self.store,
+                self.state_dir,
+                retention_policy(self.wiring.config),
+                now=time.time,
+                log=self.log,
+                stopping=self.stopping.is_set,
+            ).run()
+        except Exception as exc:  # the job boundary
+            if self.stopping.is_set():
+                self.log.debug("retention pass cut short by the stop: %s", exc)
+            else:
+                self.log.exception("retention pass failed")
 
     def _known(self, name: str) -> bool:
         return name in self.wiring.repos

@@ -38,6 +38,9 @@ def show_logs(
 ) -> None:
     shown: set[int] = set()
     setup_shown = False
+    removed = store.logs_removed(run.id)  # by retention: the steps are listed, not their logs
+    if removed:
+        out.write(f"{run.label}: {removed}\n")
     while True:
         run = store.get_run(run.id)
         steps = _select(store.steps(run.id), step)

@@ -98,7 +98,7 @@ def _ui_routers(store, read: ReadModel, auth: WebAuth) -> list:
     changes = ChangeSignal(store.path)
     indexes = LogIndexes()
     return [
-        log_router(store.get_step, changes.version, indexes=indexes),
+        log_router(store.get_step, changes.version, indexes=indexes, removed=store.logs_removed),
         live_router(changes),
         badges_router(lambda repo, branch: branch_state(store, repo, branch)),
         pages_router(read, step=store.get_step, session=session_of(auth), indexes=indexes),

@@ -69,7 +69,6 @@ def site(tmp_path):
             step=store.get_step,
             session=lambda request: (False, False),
             indexes=LogIndexes(),
-            clock=lambda: 1_700_000_100.0,
         )
     )
     server = WebServer(app, "127.0.0.1", 0)

@@ -13,6 +13,7 @@ import time
 
 import click
 
+from ciwatch.apiclient import ApiError
 from ciwatch.cli import _app, _find_run, config_option, json_option
 from ciwatch.commands.viaapi import daemon_api, find_run_id, follow_logs
 from ciwatch.console import fmt_duration
@@ -140,6 +141,10 @@ def logs(run_spec, step, follow, config_path):
             follow_logs(api, run_id, step=step, out=sys.stdout)
         except NotFoundError as exc:
             raise click.ClickException(str(exc)) from None
+        except ApiError as exc:
+            if exc.status != 410:  # 410: the logs were removed by retention
+                raise
+            click.echo(f"{run_spec}: {exc.detail}")
         return
     run_ = _find_run(app, run_spec)
     show_logs(app.store, run_, step=step, follow=follow, out=sys.stdout)

@@ -228,4 +228,20 @@ WEB = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES, STEP_RESOURCES, WEB)
+RETENTION = Migration(
+    name="retention: logs removed from old runs, indexes for pruning",
+    statements=(
+        # Why a run's logs and artifacts are gone ("log removed by retention
+        # (older than 30 days)"), and when; NULL while they are kept.
+        "ALTER TABLE runs ADD COLUMN logs_removed TEXT",
+        "ALTER TABLE runs ADD COLUMN logs_removed_at REAL",
+        # Old runs whose logs are still there, without walking those already pruned.
+        "CREATE INDEX runs_logs_kept ON runs(finished_at) WHERE logs_removed_at IS NULL",
+        # Deleting a run sets outbox.run_id, and deleting its steps artifacts.step_id,
+        # to NULL: without these, a scan of the table per row deleted.
+        "CREATE INDEX outbox_run ON outbox(run_id)",
+        "CREATE INDEX artifacts_step ON artifacts(step_id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (INITIAL, DAEMON, FORGES, STEP_RESOURCES, WEB, RETENTION)

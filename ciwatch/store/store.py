@@ -18,6 +18,7 @@ from ciwatch.store.attempts import AttemptsMixin
 from ciwatch.store.database import Database
 from ciwatch.store.deliveries import DeliveriesMixin
 from ciwatch.store.outbox import OutboxMixin
+from ciwatch.store.prune import PruneMixin
 from ciwatch.store.queries import QueriesMixin
 from ciwatch.store.refs import RefsMixin
 from ciwatch.store.rows import (
@@ -46,6 +47,7 @@ class Store(
     DeliveriesMixin,
     OutboxMixin,
     QueriesMixin,
+    PruneMixin,
 ):
     """ciwatch's database. Safe to share between threads; close() when done."""
 

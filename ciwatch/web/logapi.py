@@ -33,13 +33,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ciwatch.logread import LineKind, LogLine
 from ciwatch.model import StepRecord, StepState
-from ciwatch.web import ansi
-from ciwatch.web.logindex import LogIndex, LogIndexes, Mark, output_from, records
+from ciwatch.web.logindex import LogIndex, LogIndexes, Mark, output_from
+from ciwatch.web.logrecords import end_data, read_records, sse_event, stream_batch
 
 MAX_LINES = 5000
-STREAM_BATCH = 1000  # records per event at most
 POLL = 0.25  # seconds between looks at a growing log
 STATE_EVERY = 2.0  # the step's state is read at least this often while idle
 HEARTBEAT = 15.0  # a comment line keeps proxies from closing an idle stream
@@ -52,38 +50,6 @@ RAW_HEADERS = {
     "Accept-Ranges": "bytes",
 }
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-def record_json(n: int, line: LogLine, start: float | None, style: ansi.Style) -> tuple:
-    """(the record as JSON-ready dict, the terminal style after it)."""
-    if line.kind is LineKind.NOTE:
-        spans, _ = ansi.render(line.data)
-    else:
-        spans, style = ansi.render(line.data, style)
-    rec: dict = {
-        "n": n,
-        "t": round((start or 0.0) + line.time, 3),
-        "kind": line.kind.value,
-        "text": ansi.plain(spans),
-    }
-    if any(s.classes for s in spans):
-        rec["spans"] = [[s.classes, s.text] for s in spans]
-    return rec, style
-
-
-def read_records(index: LogIndex, after: int, limit: int) -> list[dict]:
-    """Up to `limit` records numbered after `after`, from the file."""
-    end = index.end
-    if after >= end.n or limit <= 0:
-        return []
-    out: list[dict] = []
-    style = ansi.PLAIN
-    for n, _off, line in records(index.path, index.seek(after), end.offset):
-        rec, style = record_json(n, line, index.start, style)
-        out.append(rec)
-        if len(out) >= limit:
-            break
-    return out
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -135,43 +101,16 @@ class _TailCache:
                 del self._items[key]
 
 
-def _event(name: str, data: str, ident: int | None = None) -> bytes:
-    head = f"id: {ident}\n" if ident is not None else ""
-    return f"{head}event: {name}\ndata: {data}\n\n".encode()
-
-
-def _batch(index: LogIndex, start: Mark, end: Mark) -> tuple[Mark, bytes]:
-    """The stream event of the records after `start` (at most STREAM_BATCH),
-    and where the next batch starts."""
-    recs = []
-    style = ansi.PLAIN
-    last = start
-    for n, offset, line in records(index.path, start, end.offset):
-        rec, style = record_json(n, line, index.start, style)
-        recs.append(rec)
-        last = Mark(n, offset, -1)
-        if len(recs) >= STREAM_BATCH:
-            break
-    if not recs:
-        return start, b""
-    return last, _event("lines", json.dumps(recs, ensure_ascii=False), last.n)
-
-
-def _end_data(step: StepRecord | None) -> str:
-    if step is None:
-        return json.dumps({"state": "unknown"})
-    r = step.result
-    return json.dumps({"state": step.state.value, "exit_code": r.exit_code, "reason": r.reason})
-
-
 def log_router(
     step: Callable[[int], StepRecord | None],
     changes: Callable[[], int],
     *,
     indexes: LogIndexes | None = None,
     poll: float = POLL,
+    removed: Callable[[int], str | None] = lambda run_id: None,
 ) -> APIRouter:
-    """`step(id)` reads a step's record; `changes()` moves when the database did."""
+    """`step(id)` reads a step's record; `changes()` moves when the database did;
+    `removed(run id)` says why a run's logs are gone (retention), else None."""
     router = APIRouter()
     indexes = indexes or LogIndexes()
     tails = _TailCache()
@@ -180,12 +119,20 @@ def log_router(
         s = step(step_id)
         if s is None:
             raise HTTPException(404, f"no step {step_id}")
+        gone = removed(s.run_id)
+        if gone:
+            raise HTTPException(410, gone)
         return s
 
     def index_of(s: StepRecord) -> LogIndex | None:
+        """The log's index; None when the step has no log (skipped, or removed)."""
         if not s.log_path or not Path(s.log_path).is_file():
             return None
-        return indexes.get(Path(s.log_path))
+        try:
+            return indexes.get(Path(s.log_path))
+        except OSError as exc:
+            detail = f"the log of step {s.id} cannot be read: {exc.strerror}"
+            raise HTTPException(500, detail) from None
 
     @router.get("/api/steps/{step_id}/log", tags=["logs"], response_class=Response)
     def raw_log(request: Request, step_id: int, download: bool = False) -> Response:
@@ -273,25 +220,33 @@ def log_router(
             now_size = _size(path)
             if now_size != size:
                 size = now_size
-                if size < 0:
-                    index = None
-                elif index is None or not index.try_refresh(INLINE_READ):
-                    index = await run_in_threadpool(indexes.get, path)
+                try:
+                    if size < 0:
+                        index = None
+                    elif index is None or not index.try_refresh(INLINE_READ):
+                        index = await run_in_threadpool(indexes.get, path)
+                except OSError:
+                    index, size = None, -1  # unreadable for now: looked at again
             if index is not None and index.end.n > after:
                 end = index.end
-                if at is None or at.n != after:
-                    at = await run_in_threadpool(index.seek, after)
-                # Records never change once written: a batch from `after` is
-                # right for every follower, whatever has been added since.
-                key = (str(path), index.ident, after)
-                at, data = await tails.batch(key, partial(_batch, index, at, end))
+                try:
+                    if at is None or at.n != after:
+                        at = await run_in_threadpool(index.seek, after)
+                    # Records never change once written: a batch from `after`
+                    # is right for every follower, whatever was added since.
+                    key = (str(path), index.ident, after)
+                    at, data = await tails.batch(key, partial(stream_batch, index, at, end))
+                except OSError as exc:
+                    detail = f"the log of step {s.id} cannot be read: {exc.strerror}"
+                    yield sse_event("end", json.dumps({"state": "unknown", "error": detail}))
+                    return
                 after = at.n
                 if data:
                     yield data
                     quiet_since = time.monotonic()
                     continue
             if done:
-                yield _event("end", _end_data(s))
+                yield sse_event("end", end_data(s))
                 return
             now = time.monotonic()
             version = changes()

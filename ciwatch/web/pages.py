@@ -13,7 +13,6 @@ own paths and ids, never taken from data.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -29,8 +28,8 @@ from ciwatch.model import RunState, StepRecord, StepState
 from ciwatch.store.queries import RunFilter
 from ciwatch.web import webfmt
 from ciwatch.web.apimodels import RunDetail, StepOut, Trigger
-from ciwatch.web.logapi import read_records
 from ciwatch.web.logindex import LogIndexes
+from ciwatch.web.logrecords import read_records
 from ciwatch.web.readmodel import ReadModel
 
 TAIL_LINES = 200  # a step's log shows its last lines; "show earlier" loads the rest
@@ -157,7 +156,6 @@ def pages_router(
     step: Callable[[int], StepRecord | None],
     session: Callable[[Request], tuple[bool, bool]],
     indexes: LogIndexes,
-    clock: Callable[[], float] = time.time,
 ) -> APIRouter:
     """`step(id)` reads a step's record (for its log file); `session(request)`
     says (actions possible, signed in)."""
@@ -172,7 +170,6 @@ def pages_router(
             asset_version=version,
             actions=actions,
             signed_in=signed_in,
-            now=clock(),
             **context,
         )
         return HTMLResponse(body, status_code=status, headers=dict(SECURITY_HEADERS))
@@ -221,7 +218,7 @@ def pages_router(
             detail = read.run_detail(int(run_id))
         except NotFoundError as exc:
             return page(request, "missing.html", 404, title="Not found", what=str(exc))
-        attempts = _by_attempt(detail, _views(detail))
+        attempts = _by_attempt(_views(detail))
         return page(
             request,
             "run.html",
@@ -241,9 +238,12 @@ def pages_router(
             total, lines = 0, []
             record = step(s.id) if is_open else None
             if record is not None and record.log_path and Path(record.log_path).is_file():
-                index = indexes.get(Path(record.log_path))
-                total = index.end.n
-                lines = read_records(index, max(0, total - TAIL_LINES), TAIL_LINES)
+                try:
+                    index = indexes.get(Path(record.log_path))
+                    total = index.end.n
+                    lines = read_records(index, max(0, total - TAIL_LINES), TAIL_LINES)
+                except OSError:
+                    pass  # the page still shows; the log's own link says what is wrong
             views.append(StepView(s, is_open, total, lines))
         return views
 
@@ -272,7 +272,7 @@ def pages_router(
     return router
 
 
-def _by_attempt(detail: RunDetail, views: list[StepView]) -> dict[int, dict[str, list[StepView]]]:
+def _by_attempt(views: list[StepView]) -> dict[int, dict[str, list[StepView]]]:
     """attempt -> cell -> steps, in the order the read model gives them."""
     out: dict[int, dict[str, list[StepView]]] = {}
     for view in views:

@@ -510,13 +510,18 @@
 
   // -- the run page -----------------------------------------------------------
 
+  // Why a step ended, when the exit code alone does not say it.
+  function stepReason(s) {
+    if (s.state === "success" || s.state === "running") return "";
+    return s.reason === "exit code " + s.exit_code ? "" : s.reason;
+  }
+
   function stepSummary(s) {
-    const reason = s.state === "success" || s.state === "running" ? "" : s.reason;
     return el("summary", {}, stateNode(s.state), " ", el("span", { class: "name" }, s.name), " ",
       el("span", { class: "meta" },
         el("span", { class: "duration" }, duration(s.duration)), " ",
         el("span", { class: "exit" }, s.exit_code === null ? "" : "exit " + s.exit_code), " ",
-        el("span", { class: "reason" }, reason), " ",
+        el("span", { class: "reason" }, stepReason(s)), " ",
         el("span", { class: "cpu" }, cpu(s.cpu_seconds)), " ",
         el("span", { class: "mem" }, mem(s.max_rss_kib))));
   }
@@ -541,7 +546,7 @@
     setState($("summary .state", step), s.state);
     setText(".meta .duration", duration(s.duration), step);
     setText(".meta .exit", s.exit_code === null ? "" : "exit " + s.exit_code, step);
-    setText(".meta .reason", s.state === "success" || s.state === "running" ? "" : s.reason, step);
+    setText(".meta .reason", stepReason(s), step);
     setText(".meta .cpu", cpu(s.cpu_seconds), step);
     setText(".meta .mem", mem(s.max_rss_kib), step);
     setText(".logbar .size", size(s.log_bytes) + (s.log_truncated ? " (truncated)" : ""), step);
@@ -612,6 +617,9 @@
     const retry = $('[data-action="retry"]');
     if (cancel) cancel.hidden = finished;
     if (retry) retry.hidden = !finished;
+    if (finished && $("#action-result") && $("#action-result").textContent === "cancel asked") {
+      setText("#action-result", "");
+    }
     const why = $("#why");
     why.hidden = run.state !== "queued";
     setText("#wait-reason", run.wait_reason || "for the scheduler");
@@ -675,6 +683,13 @@
         }
       });
     }
+    // Open running steps beyond the streams a page may hold are polled.
+    setInterval(() => {
+      if (document.hidden) return;
+      for (const step of document.querySelectorAll('details.step[open][data-state="running"]')) {
+        if (!streams.has(step.dataset.step)) pollNew(step).catch(() => null);
+      }
+    }, 2000);
     // Running times tick between updates.
     setInterval(() => {
       const head = $("#run");
