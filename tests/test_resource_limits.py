@@ -314,7 +314,6 @@ def test_find_reads_v1_and_v2_layouts(tmp_path):
     assert cgroups.find(v2) == cgroups.Hierarchy(2, unified / "svc", unified / "svc")
 
 
-
 def test_a_daemon_in_a_delegated_v2_cgroup_moves_into_a_leaf(tmp_path):
     """systemd before 254 has no DelegateSubgroup=: the daemon makes its own leaf so
     step cgroups can be made beside it (then `find` sees the delegated parent)."""
@@ -332,6 +331,7 @@ def test_a_daemon_in_a_delegated_v2_cgroup_moves_into_a_leaf(tmp_path):
     assert (svc / "daemon" / "cgroup.procs").read_text() == str(os.getpid())
     (proc / "self" / "cgroup").write_text("0::/system.slice/ciwatch.service/daemon\n")
     assert cgroups.enter_leaf(proc) is None  # already in its leaf
+
 
 def test_v2_files(tmp_path):
     """The v2 file protocol (a real v2 tree needs a machine on it): limits written, and
