@@ -42,6 +42,7 @@ from ciwatch.retentionfs import (
     tree_size,
     workspace_dirs,
 )
+from ciwatch.store.prune import Bounds
 
 DAY = 86400.0
 
@@ -92,7 +93,9 @@ class RetentionReport:
         ]
         said = [f"{n} {one if n == 1 else many}" for n, one, many in parts if n]
         verb = "to free" if self.dry_run else "freed"
-        return ", ".join(said or ["nothing"]) + f", {human_size(self.freed)} {verb}"
+        if not said:
+            return "nothing to remove"
+        return ", ".join(said) + f", {human_size(self.freed)} {verb}"
 
 
 class _Tally:
@@ -125,6 +128,7 @@ class Retention:
         self.log = log
         self.dry_run = dry_run
         self.on_item = on_item or (lambda text: None)
+        self.bounds = Bounds(0, {})  # read at the start of each pass
         self.stopping = stopping  # checked between batches: the daemon is stopping
 
     def run(self, *, wait: bool = False) -> RetentionReport:
@@ -172,8 +176,8 @@ class Retention:
         t.problems += problems
         return not problems, freed
 
-    def _remove_all(self, t: _Tally, paths: list[Path], said: str) -> bool:
-        """Remove each path; one line for them all (when any existed)."""
+    def _remove_all(self, t: _Tally, paths: list[Path], said: str, always: bool = False) -> bool:
+        """Remove each path; one line for them all (when any existed, or `always`)."""
         ok, freed, there = True, 0, []
         for path in paths:
             if path.is_symlink() or path.exists():
@@ -182,6 +186,8 @@ class Retention:
             ok, freed = ok and went, freed + size
         if there:
             self.on_item(f"{said}: {', '.join(there)}  {human_size(freed)}")
+        elif always:
+            self.on_item(said)
         return ok
 
     def _remove_one(self, t: _Tally, path: Path, kind: str, said: str) -> None:
@@ -214,10 +220,10 @@ class Retention:
                 for run in batch:
                     deleted.add(run.id)
                     t.counts["runs"] += 1
-                    said = f"run {self._label(run.repo_id, run.number)}"
-                    self.on_item(f"{said} (beyond the newest {self.policy.runs})")
+                    label = self._label(run.repo_id, run.number)
+                    said = f"run {label} (beyond the newest {self.policy.runs})"
                     paths = self._run_files(run.id) + spaces.get(run.number, [])
-                    self._remove_all(t, paths, f"  files of {said}")
+                    self._remove_all(t, paths, said, always=True)
 
     # -- 2. old logs -----------------------------------------------------------
 
