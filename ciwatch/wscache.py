@@ -14,9 +14,9 @@ Before each use the slot's .git is made an exact copy of the template (so no
 config, hooks, refs, objects or info files of a previous run survive; the
 template is re-cloned when the mirror's refs moved) holding our saved copy of
 the index (a step may have forged the one in .git; ctime it cannot forge, so
-changed files are seen). Then `checkout --force --detach <sha>`, and `status
---ignored` must show HEAD == sha and no change; what is untracked or ignored
-is removed (remove_tree, then `clean -ffdx` if that is not enough). Anything
+changed files are seen). Then `checkout --force --detach <sha>` rewrites what a
+step changed, HEAD must be sha, and what is untracked or ignored (`ls-files
+--others`) is removed (remove_tree, then `clean -ffdx` if that is not enough). Anything
 odd throws the slot away and makes a fresh checkout. HOME and TMPDIR stay per
 attempt. A step's leftover processes must be dead before release().
 """
@@ -207,6 +207,9 @@ def _sync_tree(template: Path, dest: Path) -> None:
             keep_dir = entry is not None and entry.is_dir(follow_symlinks=False)
             if keep_dir and _is_real_dir(target):
                 continue
+            if entry is not None and not keep_dir and _same_file(entry, target):
+                del wanted[name]  # already an exact, unshared copy
+                continue
             if _is_real_dir(target):
                 if remove_tree(target):
                     raise WorkspaceError(f"cannot remove {target}")
@@ -222,6 +225,32 @@ def _sync_tree(template: Path, dest: Path) -> None:
                 shutil.copyfile(entry.path, target, follow_symlinks=False)
 
 
+def _same_file(entry: os.DirEntry, target: Path) -> bool:
+    """`target` is a plain file of its own (no other link to it) with the
+    template file's bytes, mode and owner: rewriting it would change nothing."""
+    try:
+        src, dst = entry.stat(follow_symlinks=False), os.lstat(target)
+        if not (stat.S_ISREG(src.st_mode) and stat.S_ISREG(dst.st_mode)) or dst.st_nlink != 1:
+            return False
+        if (src.st_size, src.st_mode, src.st_uid, src.st_gid) != (
+            dst.st_size,
+            dst.st_mode,
+            dst.st_uid,
+            dst.st_gid,
+        ):
+            return False
+        if src.st_size > 1 << 16:
+            return False  # packs and the like: a copy costs no more than the comparison
+        with open(entry.path, "rb") as a, open(target, "rb", opener=_nofollow) as b:
+            return a.read() == b.read()
+    except OSError:
+        return False
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def _is_real_dir(p: Path) -> bool:
     try:
         return stat.S_ISDIR(os.lstat(p).st_mode)
@@ -229,33 +258,27 @@ def _is_real_dir(p: Path) -> bool:
         return False
 
 
-def _status(mirror: Mirror, src: Path) -> tuple[str, list[str], list[str]]:
-    """(HEAD sha or "", untracked/ignored paths, other changes) of the tree."""
+def _state(mirror: Mirror, src: Path) -> tuple[str, list[str] | None]:
+    """(HEAD sha or "", the paths neither tracked nor ours; None if unreadable).
+
+    Tracked files are not compared here: `checkout --force` against our saved
+    index has just rewritten every file whose stat data changed (ctime a step
+    cannot forge), which is what `git status` would check again. Listing what
+    is untracked (ignored included: no exclude rules are given) needs only the
+    directories read, not every file stat'ed."""
+    try:
+        head = (src / ".git" / "HEAD").read_text().strip()
+    except OSError:
+        return "", None
     res = mirror.git.call(
-        ["status", "--porcelain=v2", "--branch", "--ignored", "--untracked-files=normal", "-z"],
+        ["ls-files", "--others", "--directory", "-z"],
         git_dir=src / ".git",
         work_tree=src,
         cwd=src,
     )
     if res.returncode != 0:
-        return "", [], ["git status failed"]
-    head, loose, changed = "", [], []
-    fields = iter(res.stdout.split(b"\0"))
-    for entry in fields:
-        if not entry:
-            continue
-        text = os.fsdecode(entry)
-        if text.startswith("# branch.oid "):
-            head = text[len("# branch.oid ") :]
-        elif text.startswith("#"):
-            continue
-        elif text[:2] in ("? ", "! "):
-            loose.append(text[2:])
-        else:
-            changed.append(text)
-            if text.startswith("2 "):
-                next(fields, None)  # a rename carries its original path as the next field
-    return head, loose, changed
+        return head, None
+    return head, [os.fsdecode(p) for p in res.stdout.split(b"\0") if p]
 
 
 @dataclass(frozen=True)
@@ -380,8 +403,8 @@ class CachedCheckouts:
         """HEAD is `sha`, tracked files match it, and what is neither tracked
         nor ours (build output, nested repos, chmod 000 dirs) is removed: by
         remove_tree (links unlinked, never followed), then `clean -ffdx`."""
-        head, loose, changed = _status(mirror, src)
-        if head != sha or changed:
+        head, loose = _state(mirror, src)
+        if head != sha or loose is None:
             return False
         problems: list[str] = []
         for rel in loose:
@@ -392,8 +415,8 @@ class CachedCheckouts:
         if problems:
             wt = {"git_dir": src / ".git", "work_tree": src, "cwd": src}
             mirror.git.call(["clean", "-ffdxq"], **wt)
-            head, loose, changed = _status(mirror, src)
-            return head == sha and not loose and not changed
+            head, loose = _state(mirror, src)
+            return head == sha and loose == []
         return True
 
     def _save_index(self, src: Path, saved: Path) -> bool:
