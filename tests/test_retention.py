@@ -367,13 +367,18 @@ def test_the_daemon_prunes_at_start(tmp_path: Path):
     store = Store.open(root / "ciwatch.db", clock=clock)
     store.ensure_repo("app", "/srv/git/app.git")
     st = State(root, store, clock)
-    runs = [st.run(RunState.SUCCESS, age_days=3 - i) for i in range(3)]
+    runs = [st.run(RunState.SUCCESS, age_days=42 - i) for i in range(3)]
     store.close()
     daemon = DaemonProc(tmp_path, {"retention": {"runs": 1}})
     daemon.start()
     try:
         wait_for(lambda: len(daemon.runs()) == 1, 30, 0.1, what="the old runs pruned")
-        wait_for(lambda: "retention: 2 runs" in daemon.log.read_text(), 10, 0.1)
-        assert none_there(st, runs[0]) and none_there(st, runs[1]) and all_there(st, runs[2])
+        line = "retention: 2 runs, 1 run's logs, 1 workspace,"
+        wait_for(lambda: line in daemon.log.read_text(), 10, 0.1, what=line)
+        assert none_there(st, runs[0]) and none_there(st, runs[1]) and none_there(st, runs[2])
+        # The kept run's log, followed through the daemon's API: a 410, said plainly.
+        out = daemon.cli("logs", runs[2].label, "--follow")
+        assert out.returncode == 0, out.stderr
+        assert "log removed by retention (older than 30 days)" in out.stdout
     finally:
         assert daemon.stop() == 0
