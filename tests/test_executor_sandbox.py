@@ -5,7 +5,6 @@ output, timeouts, leftovers). These tests need bwrap and fail without it."""
 from __future__ import annotations
 
 import socket
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,6 @@ from stepsinks import Sink, procs_with
 
 from ciwatch.errors import ExecutorError
 from ciwatch.executors.base import CancelToken, StepSpec
-from ciwatch.executors.process import ProcessExecutor
 from ciwatch.executors.sandbox import SandboxExecutor, check_sandbox
 from ciwatch.model import FailureKind, StepState
 from ciwatch.pipeline.plan import PlanStep
@@ -250,20 +248,3 @@ def test_bwrap_without_namespaces_names_the_sysctl(tmp_path):
         check_sandbox(str(fake))
     assert "sysctl kernel.unprivileged_userns_clone=1" in str(err.value)
     assert "No permissions to creating new namespace" in str(err.value)
-
-
-def test_per_step_overhead_against_process(box):
-    spec = spec_for(box, "true")
-    plain, boxed = ProcessExecutor(), SandboxExecutor(hide=[box["state"]])
-
-    def median(executor) -> float:
-        times = []
-        for _ in range(15):
-            start = time.perf_counter()
-            assert executor.run(spec, Sink(), CancelToken()).state is StepState.SUCCESS
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    overhead = median(boxed) - median(plain)
-    print(f"sandbox overhead per step: {overhead * 1000:.1f} ms")
-    assert overhead < 0.05  # target 10 ms; loose here for busy test machines

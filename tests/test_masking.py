@@ -6,7 +6,6 @@ import base64
 import json
 import random
 import re
-import time
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -189,18 +188,16 @@ def test_many_matches_in_one_chunk():
     assert m.mask(data) == b"[MASKED] [MASKED]\n" * 20000
 
 
-def test_masking_is_fast_on_large_output():
+def test_masking_a_large_stream_in_chunks_catches_every_secret():
+    # Its speed is measured by bench/log_throughput.py.
     secrets = [SECRET, "hunter2hunter2", "ghp_0123456789abcdefghijKLMNOP"]
     m = Masker(secrets)
     line = b"compiling module %d ... ok, took 0.01s\n"
     block = b"".join(line % i for i in range(20000)) + b"token " + SECRET.encode() + b"\n"
     data = block * (20_000_000 // len(block))
-    start = time.perf_counter()
     s = m.stream()
     out = [s.feed(data[i : i + 65536]) for i in range(0, len(data), 65536)]
     out.append(s.flush())
-    elapsed = time.perf_counter() - start
     joined = b"".join(out)
     assert SECRET.encode() not in joined
     assert joined.count(PH) == data.count(SECRET.encode())
-    assert elapsed < 2.0, f"{len(data) / elapsed / 1e6:.0f} MB/s"
