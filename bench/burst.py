@@ -10,8 +10,9 @@ each `git clone --shared --no-checkout MIRROR` + `git checkout --detach SHA` +
 `sh -c true` + removing the checkout.
 
 Where the time goes, per run (medians): waiting in the queue for the previous
-run, the spare worker's readiness (each worker executes one run and exits, and
-the daemon starts the next spare when it dispatches), and the run itself.
+run, the gap between two runs (the worker's reply, a scheduler pass, the next
+worker reading the run id), the run itself; and how many worker processes
+executed the burst (workers take several runs).
 
     python3 bench/burst.py [--commits 20] [--spares 1,4]
 """
@@ -82,11 +83,10 @@ def spare_start(config: Path, times: int = 5) -> tuple[float, float]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ciwatch", "worker", "-c", str(config)],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             env=env,
         )
-        syscall = Path(f"/proc/{proc.pid}/syscall")
-        while not syscall.read_text().startswith("0 0x0 "):
-            time.sleep(0.002)
+        assert proc.stdout.readline() == b"ready\n"  # loaded, about to wait
         walls.append(time.perf_counter() - t)
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpus.append((int(fields[11]) + int(fields[12])) / tick)
@@ -129,6 +129,8 @@ def burst(base: Path, commits: int, spares: int) -> dict:
         try:
             q = "SELECT run_id, started_at FROM attempts WHERE number = 1"
             attempts = dict(rows.conn.execute(q).fetchall())
+            q = "SELECT run_id, worker FROM attempts WHERE number = 1"
+            workers = dict(rows.conn.execute(q).fetchall())
             resolved = dict(rows.conn.execute("SELECT id, resolved_at FROM runs").fetchall())
         finally:
             rows.close()
@@ -166,6 +168,7 @@ def burst(base: Path, commits: int, spares: int) -> dict:
         "spare_wall": spare_wall,
         "spare_cpu": spare_cpu,
         "length": statistics.median(lengths),
+        "workers": len({workers[r.id] for r in runs}),
     }
 
 
@@ -203,12 +206,13 @@ def main() -> None:
                 f"  per run (medians): previous run finished -> next claimed "
                 f"{ms(r['gap'])} ms (max {ms(r['gap_max'])}); resolved -> claimed "
                 f"{ms(r['wait'])} ms; claimed -> finished {ms(r['length'])} ms\n"
-                f"  the gap between runs: previous finished -> next dispatched (worker exit, "
-                f"reaping, a scheduler pass) {ms(r['to_dispatch'])} ms; dispatched -> claimed "
-                f"(the spare still starting, opening the store, claiming) {ms(r['to_claim'])} ms"
+                f"  the gap between runs: previous finished -> next dispatched (the worker's "
+                f"reply, a scheduler pass) {ms(r['to_dispatch'])} ms; dispatched -> claimed "
+                f"(reading the run, claiming it) {ms(r['to_claim'])} ms"
                 " (dispatch stamps: ms, logged after the new spare is spawned)\n"
                 f"  a worker's start-up, alone: {ms(r['spare_wall'])} ms wall, "
-                f"{ms(r['spare_cpu'])} ms CPU (median of 5); every run pays one"
+                f"{ms(r['spare_cpu'])} ms CPU (median of 5)\n"
+                f"  worker processes that executed the {r['n']} runs: {r['workers']}"
             )
     print(f"load average at end: {os.getloadavg()[0]:.2f}", file=sys.stderr)
 

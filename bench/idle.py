@@ -34,7 +34,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency import ROOT, DaemonProc, GitDaemon, Rows, children, git, wait_for  # noqa: E402
+from latency import (  # noqa: E402
+    ROOT,
+    DaemonProc,
+    GitDaemon,
+    Rows,
+    children,
+    git,
+    wait_for,
+    waiting_for_run,
+)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -125,9 +134,7 @@ def settle(d: DaemonProc, total: int) -> float:
 
     def spare_loaded() -> bool:
         spare = workers_of(d.proc.pid)
-        return bool(spare) and all(
-            Path(f"/proc/{p}/syscall").read_text().startswith("0 0x0 ") for p in spare
-        )
+        return bool(spare) and all(waiting_for_run(p) for p in spare)
 
     wait_for(spare_loaded, 30, 0.05, "an idle spare worker")
     return time.monotonic() - t

@@ -28,6 +28,7 @@ so that the spare it starts at each dispatch waits 0.5 s before starting Python,
 to see what that interpreter start costs the run it competes with for the CPU.
 
     python3 bench/latency.py [--pushes 50] [--poll-pushes 30] [--late-pushes 20]
+    python3 bench/latency.py --quick    # the hook only, 20 pushes
                              [--sources hook,watcher,poller,hook-late-spare]
 """
 
@@ -126,16 +127,25 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def waiting_for_run(pid: int) -> bool:
+    """A worker blocked on its input: in pselect6 on the run-id pipe (x86-64
+    syscall 270), or in read(0, ...) as single-run workers did."""
+    try:
+        syscall = Path(f"/proc/{pid}/syscall").read_text()
+    except OSError:
+        return False
+    return syscall.startswith(("270 ", "0 0x0 "))
+
+
 def idle_workers(daemon_pid: int) -> list[int]:
-    """The daemon's worker processes blocked in read(0, ...): idle spares."""
+    """The daemon's worker processes waiting for a run: idle spares."""
     idle = []
     for pid in children(daemon_pid):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            syscall = Path(f"/proc/{pid}/syscall").read_text()
         except OSError:
             continue
-        if b"worker" in cmd and syscall.startswith("0 0x0 "):
+        if b"worker" in cmd and waiting_for_run(pid):
             idle.append(pid)
     return idle
 
@@ -494,7 +504,10 @@ def main() -> None:
     ap.add_argument("--late-pushes", type=int, default=20)
     ap.add_argument("--spare-delay", type=float, default=0.5)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="the hook only, 20 pushes (~30 s)")
     args = ap.parse_args()
+    if args.quick:
+        args.sources, args.pushes = "hook", 20
     sources = args.sources.split(",")
     print(f"load average at start: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

@@ -187,14 +187,20 @@ class DaemonConfig(_Model):
     max_attempts: int = Field(3, ge=1, le=20)  # lost workers retried up to this many attempts
     max_concurrent_polls: int = Field(4, ge=1, le=64)
     spare_workers: int = Field(1, ge=0, le=16)  # started ahead, so a push starts at once
+    # A worker takes runs one after another; it is replaced after this many runs,
+    # this long idle, or once its memory grew past this, so leaks cannot pile up.
+    worker_max_runs: int = Field(100, ge=1, le=1_000_000)
+    worker_max_idle: Duration = 3600.0
+    worker_max_rss: int = 256 << 20
     # Runs wait while the filesystem of STATE/workspaces, or of the state dir
     # (database, logs, mirrors), has less free space than this.
     min_free_space: FreeSpace = FreeSpace(size=1 << 30)
     min_free_state_space: FreeSpace = FreeSpace(size=256 << 20)
 
-    _durations = field_validator("shutdown_grace", "lease", mode="before")(
+    _durations = field_validator("shutdown_grace", "lease", "worker_max_idle", mode="before")(
         lambda v: parse_duration(v)
     )
+    _rss = field_validator("worker_max_rss", mode="before")(lambda v: parse_size(v))
     _free = field_validator("min_free_space", "min_free_state_space", mode="before")(
         lambda v: parse_free_space(v)
     )

@@ -1,4 +1,5 @@
-"""The daemon's local control socket, ``STATE/control.sock``, and its client.
+"""The daemon's local control socket, ``STATE/control.sock`` (its client:
+``ciwatch.controlclient``).
 
 One JSON object per line each way over an AF_UNIX stream socket: a request
 ``{"cmd": NAME, ...}`` gets one answer ``{"ok": true, ...}`` or
@@ -23,7 +24,6 @@ import select
 import socket
 import stat
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def socket_path(state_dir: Path) -> Path:
     return state_dir / SOCKET_NAME
 
 
-def _check_length(path: Path) -> None:
+def check_length(path: Path) -> None:
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise ControlError(
             f"control socket path {path} is longer than {_SUN_PATH_MAX} bytes;"
@@ -67,7 +67,7 @@ def _check_length(path: Path) -> None:
         )
 
 
-def _encode(answer: dict) -> bytes:
+def encode(answer: dict) -> bytes:
     return json.dumps(answer, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
@@ -95,7 +95,7 @@ class ControlServer:
     # -- life ----------------------------------------------------------------
 
     def start(self) -> None:
-        _check_length(self.path)
+        check_length(self.path)
         self._refuse_if_live()
         # Bind under a temporary name, restrict it, then rename over the final
         # name: the socket is never reachable with a wider mode, and a stale one
@@ -207,7 +207,7 @@ class ControlServer:
         with conn:
             conn.settimeout(1.0)
             with contextlib.suppress(OSError):
-                conn.sendall(_encode({"ok": False, "error": message}))
+                conn.sendall(encode({"ok": False, "error": message}))
 
     def _serve_client(self, conn: socket.socket) -> None:
         try:
@@ -219,12 +219,12 @@ class ControlServer:
                         if len(line) <= MAX_LINE:
                             return  # end of input, or the client went away mid-line
                         conn.sendall(
-                            _encode({"ok": False, "error": f"request over {MAX_LINE} bytes"})
+                            encode({"ok": False, "error": f"request over {MAX_LINE} bytes"})
                         )
                         if not self._skip_line(reader):
                             return
                         continue
-                    conn.sendall(_encode(self.answer(line)))
+                    conn.sendall(encode(self.answer(line)))
         except TimeoutError:
             pass
         except OSError as exc:
@@ -274,95 +274,8 @@ class ControlServer:
             return {"ok": False, "error": f"internal error in {cmd}: no answer"}
         result = {"ok": True, **result}
         try:
-            _encode(result)
+            encode(result)
         except (TypeError, ValueError) as exc:
             self.log.error("control command %r answered something not JSON: %s", cmd, exc)
             return {"ok": False, "error": f"internal error in {cmd}: answer is not JSON"}
         return result
-
-
-class ControlClient:
-    """Sends one request to the daemon and returns its answer."""
-
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-
-    def call(self, cmd: str, **args) -> dict:
-        """The daemon's answer to `cmd`; raises DaemonNotRunning when nothing
-        listens, DaemonRefused when the daemon answers with an error, and
-        ControlError for anything else in between."""
-        _check_length(self.path)
-        request = _encode({**args, "cmd": cmd})
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(self.timeout)
-            try:
-                self._connect(sock)
-            except FileNotFoundError:
-                raise DaemonNotRunning(
-                    f"the daemon is not running (no {self.path}); start it with"
-                    " `systemctl start ciwatch` or `ciwatch serve`"
-                ) from None
-            except ConnectionRefusedError:
-                raise DaemonNotRunning(
-                    f"the daemon is not running ({self.path} is left from one that stopped)"
-                ) from None
-            except PermissionError:
-                raise ControlError(
-                    f"no permission to use {self.path}: run this as the daemon's user"
-                    " (e.g. `sudo -u ciwatch ciwatch ...`) or as root"
-                ) from None
-            except TimeoutError:
-                raise ControlError(
-                    f"the daemon did not accept a connection within {self.timeout:g}s"
-                ) from None
-            except OSError as exc:
-                raise ControlError(f"cannot reach the daemon at {self.path}: {exc}") from None
-            try:
-                sock.sendall(request)
-                line = self._read_line(sock)
-            except TimeoutError:
-                raise ControlError(
-                    f"the daemon did not answer {cmd!r} within {self.timeout:g}s"
-                ) from None
-            except OSError as exc:
-                raise ControlError(f"the daemon closed the connection: {exc}") from None
-        if not line:
-            raise ControlError(f"the daemon closed the connection without answering {cmd!r}")
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            raise ControlError(f"the daemon's answer to {cmd!r} is not JSON") from None
-        if not isinstance(answer, dict):
-            raise ControlError(f"the daemon's answer to {cmd!r} is not an object")
-        if answer.get("ok") is not True:
-            raise DaemonRefused(str(answer.get("error") or f"{cmd} failed"), answer)
-        return answer
-
-    def _connect(self, sock: socket.socket) -> None:
-        # A unix socket whose backlog is full fails with EAGAIN instead of
-        # waiting (a busy daemon, many clients at once): retry until the timeout.
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                sock.connect(str(self.path))
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError from None
-                time.sleep(0.02)
-
-    @staticmethod
-    def _read_line(sock: socket.socket) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-            size += len(data)
-            if b"\n" in data:
-                return b"".join(chunks).split(b"\n", 1)[0]
-            if size > 64 * MAX_LINE:
-                raise ControlError("the daemon's answer is too large")

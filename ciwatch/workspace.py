@@ -1,14 +1,12 @@
 """Per-repo mirrors and per-attempt checkouts (all git goes through ciwatch.git).
 
-Layout under the state root::
+Layout under the state root (the attempt directories: ciwatch.attemptdir)::
 
     mirrors/<repo_id>.git           bare mirror, fetched into, never checked out
     mirrors/<repo_id>.lock          serialises fetches into one mirror
-    workspaces/<repo_id>/<run>-<attempt>/
-        src/                        the checkout (the step's cwd); objects borrowed
-                                    from the mirror through objects/info/alternates
-        home/                       the step's HOME
-        tmp/                        the step's TMPDIR
+    workspaces/<repo_id>/<run>-<attempt>/src/
+                                    a checkout; objects borrowed from the
+                                    mirror through objects/info/alternates
 
 No path is ever derived from a ref, a repository name or a step name.
 """
@@ -22,9 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ciwatch.diskspace import human_size, measure
+from ciwatch.attemptdir import Workspace, no_space, non_negative, workspace_dir
 from ciwatch.errors import GitError, WorkspaceError
-from ciwatch.fstree import remove_tree
 from ciwatch.git import (
     DEFAULT_PATH,
     DEFAULT_PROTOCOLS,
@@ -41,15 +38,14 @@ from ciwatch.git import (
 )
 from ciwatch.model import ref_from_bytes
 
+# workspace_dir and the git names are re-exported for the callers that know them from here.
 __all__ = [
     "GitError",
     "Mirror",
     "Mirrors",
     "NotInCommitError",
-    "Workspace",
     "init_repo_with_files",
     "local_repo_info",
-    "no_space",
     "workspace_dir",
 ]
 
@@ -58,80 +54,6 @@ PULL_REFSPECS = (
     "+refs/pull/*/head:refs/pull/*/head",
     "+refs/merge-requests/*/head:refs/merge-requests/*/head",
 )
-
-
-def _positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise WorkspaceError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def no_space(path: Path, detail: str) -> str | None:
-    """A plain "no space left on device" message when `detail` (git's or the
-    system's words) says the filesystem holding `path` is full; else None."""
-    if "No space left on device" not in detail and "Disk quota exceeded" not in detail:
-        return None
-    try:
-        free = f"{human_size(measure(path).free)} free"
-    except OSError:
-        free = "free space unknown"
-    return f"no space left on device ({free} on the filesystem of {path}): {detail}"
-
-
-def workspace_dir(root: Path, repo_id: int, run_number: int, attempt: int) -> Path:
-    """The attempt directory: built from numbers only, never from ref or step names."""
-    return (
-        Path(root)
-        / "workspaces"
-        / str(_positive("repo_id", repo_id))
-        / f"{_positive('run_number', run_number)}-{_positive('attempt', attempt)}"
-    )
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """One attempt's directory. Steps run in `path` with HOME=`home`, TMPDIR=`tmp`;
-    home and tmp sit beside the checkout, so nothing there shows in `git status`."""
-
-    root: Path
-
-    @property
-    def path(self) -> Path:
-        return self.root / "src"
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
-    def create(self) -> None:
-        if self.root.exists() and any(self.root.iterdir()):
-            raise WorkspaceError(f"workspace {self.root} already exists")
-        try:
-            for d in (self.root, self.home, self.tmp):
-                d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            detail = f"cannot create workspace {self.root}: {exc.strerror or exc}"
-            raise WorkspaceError(no_space(self.root, detail) or detail) from None
-
-    def remove(self) -> None:
-        """Delete the attempt directory and nothing else: symlinks are unlinked,
-        never followed; other filesystems mounted inside are left alone;
-        unreadable dirs are opened up first. Retried once; what is still left
-        raises WorkspaceError naming it."""
-        root = Path(os.path.abspath(self.root))
-        if root == Path(root.anchor) or not root.name:
-            raise WorkspaceError(f"refusing to remove {root}")
-        problems = remove_tree(root)
-        if problems:
-            problems = remove_tree(root)
-        if problems:
-            more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-            shown = "; ".join(problems[:5]) + more
-            raise WorkspaceError(f"could not remove workspace {root} (tried twice): {shown}")
 
 
 @dataclass(frozen=True)
@@ -381,7 +303,7 @@ class Mirrors:
             url = os.path.abspath(url)
         base = Path(os.path.abspath(self.root)) / "mirrors"
         base.mkdir(parents=True, exist_ok=True)
-        rid = _positive("repo_id", repo_id)
+        rid = non_negative("repo_id", repo_id)
         mirror = Mirror(self.git, base / f"{rid}.git", url, base / f"{rid}.lock")
         if not (mirror.path / "HEAD").exists():
             with mirror._locked():

@@ -17,12 +17,12 @@ import ciwatch.cli  # first: it registers the command modules
 from ciwatch.commands import control as control_cmds
 from ciwatch.control import (
     MAX_LINE,
-    ControlClient,
     ControlError,
     ControlServer,
     DaemonNotRunning,
     DaemonRefused,
 )
+from ciwatch.controlclient import ControlClient
 from ciwatch.errors import NotFoundError
 
 LOG = logging.getLogger("test.control")

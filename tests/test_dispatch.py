@@ -83,6 +83,7 @@ def world(tmp_path):
             spares=1,
             env=env,
             on_done=done,
+            linger=0.5,
         )
         opened.append((store, pool))
         return store, pool, run, done
@@ -110,7 +111,12 @@ def test_a_dispatched_run_is_executed_by_a_warm_worker(world):
     assert final.state is RunState.SUCCESS, final.reason
     assert [s.state.value for s in store.steps(run.id)] == ["success"]
     assert pool.in_flight() == set()
-    wait_for(lambda: pool.idle_count() == 1, what="a new spare")
+    [attempt] = store.attempts(run.id)
+    worker_pid = int(attempt.worker.rpartition(":")[2])
+    # The worker waits for the next run beside the spare started at the
+    # dispatch; after `linger` one of them retires: `spares` stay idle.
+    assert worker_pid in pool.worker_pids()
+    wait_for(lambda: pool.idle_count() == 1 and len(pool.worker_pids()) == 1, what="trim")
 
 
 def test_a_worker_killed_mid_step_is_recovered_and_the_run_retried(world):

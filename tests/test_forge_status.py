@@ -13,12 +13,12 @@ import jsonschema
 import pytest
 from specpath import find_specs
 
+from ciwatch.forges.answers import classify
 from ciwatch.forges.status import (
     ForgeRequestError,
     api_base,
     auth_headers,
     build_request,
-    classify,
     clean_text,
     state_for,
     truncate,

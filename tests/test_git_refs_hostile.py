@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from ciwatch.attemptdir import workspace_dir
 from ciwatch.errors import GitError
 from ciwatch.model import ref_bytes, ref_from_bytes
-from ciwatch.workspace import Mirrors, workspace_dir
+from ciwatch.workspace import Mirrors
 
 REAL_GIT = shutil.which("git") or "/usr/bin/git"
 

@@ -13,13 +13,15 @@ import pytest
 from gitutil import make_repo
 from test_scheduler import make, push
 
+from ciwatch.attemptdir import Workspace, workspace_dir
+from ciwatch.checkouts import FreshCheckout
 from ciwatch.config import parse_config
 from ciwatch.diskspace import DiskCheck, FreeSpace, SpaceRule, human_size, measure
 from ciwatch.errors import ConfigError, WorkspaceError
 from ciwatch.model import RunState
 from ciwatch.store import Store
-from ciwatch.workspace import Mirrors, Workspace, workspace_dir
-from ciwatch.wscache import CachedCheckout, CachedCheckouts, FreshCheckout
+from ciwatch.workspace import Mirrors
+from ciwatch.wscache import CachedCheckout, CachedCheckouts
 
 GiB = 1 << 30
 WS = Path("/var/lib/ciwatch/workspaces")

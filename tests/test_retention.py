@@ -22,7 +22,8 @@ from ciwatch.errors import ConfigError
 from ciwatch.logs import StepLog
 from ciwatch.masking import Masker
 from ciwatch.model import Event, EventKind, Run, RunState, StepResult, StepState
-from ciwatch.retention import Retention, RetentionPolicy
+from ciwatch.retention import Retention
+from ciwatch.retentionpolicy import RetentionPolicy
 from ciwatch.store import Store
 from ciwatch.web.live import ChangeSignal
 from ciwatch.web.logapi import log_router

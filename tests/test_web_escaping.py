@@ -10,7 +10,13 @@ import pytest
 from daemonutil import wait_for
 from gitutil import git
 from test_daemon_e2e import setup_repo
-from webui import WebDaemon, browser_fixture, gate, page_fixture  # noqa: F401 (fixtures)
+from webui import (  # noqa: F401 (fixtures)
+    WebDaemon,
+    browser_fixture,
+    gate,
+    page_fixture,
+    strict_page_fixture,
+)
 
 BRANCHES = [
     "<script>window.__pwned=1</script>",
@@ -146,7 +152,8 @@ def check_run_page(page, first: int, second: int, both_logs: bool) -> None:
     assert page.evaluate(AUDIT) == CLEAN
 
 
-def test_pages_forbid_inline_scripts_and_framing(hostile, page):
+def test_pages_forbid_inline_scripts_and_framing(hostile, strict_page):
+    page = strict_page
     d, *_ = hostile
     for path in ("/", "/runs/1"):
         response = page.goto(d.url + path)

@@ -9,7 +9,8 @@ import json
 import pytest
 from specpath import find_specs
 
-from ciwatch.forges.payloads import PayloadError, delivery_id, load, parse, repository
+from ciwatch.forges.payloadfields import PayloadError
+from ciwatch.forges.payloads import delivery_id, load, parse, repository
 from ciwatch.forges.types import ForgeKind
 from ciwatch.model import EventKind
 

@@ -14,17 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from ciwatch.attemptdir import Workspace, workspace_dir
 from ciwatch.errors import GitError, WorkspaceError
 from ciwatch.git import redact
 from ciwatch.model import ref_bytes
-from ciwatch.workspace import (
-    Mirrors,
-    NotInCommitError,
-    Workspace,
-    init_repo_with_files,
-    local_repo_info,
-    workspace_dir,
-)
+from ciwatch.workspace import Mirrors, NotInCommitError, init_repo_with_files, local_repo_info
 
 ZERO = "0" * 40
 GIT_ENV = {
@@ -535,7 +529,7 @@ def _remove_unprivileged(root: Path) -> subprocess.CompletedProcess:
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
         from pathlib import Path
-        from ciwatch.workspace import Workspace
+        from ciwatch.attemptdir import Workspace
         Workspace(Path({str(root)!r})).remove()
     """)
     argv = [sys.executable, "-c", code]

@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 from gitutil import commit, git, make_repo
 
+from ciwatch.checkouts import FreshCheckout, FreshCheckouts
 from ciwatch.errors import GitError, WorkspaceError
 from ciwatch.workspace import Mirror, Mirrors
-from ciwatch.wscache import (
-    CachedCheckout,
-    CachedCheckouts,
-    FreshCheckout,
-    FreshCheckouts,
-    checkout_strategy,
-)
+from ciwatch.wscache import CachedCheckout, CachedCheckouts, checkout_strategy
 
 FILES = {
     ".gitignore": "build/\n*.log\n",

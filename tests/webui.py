@@ -49,10 +49,8 @@ def browser_fixture():
         b.close()
 
 
-@pytest.fixture(name="page")
-def page_fixture(browser):
-    """A fresh context (no cookies) per test; any script error or dialog fails it."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def _page(browser, *, bypass_csp: bool):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=bypass_csp)
     context.set_default_timeout(15_000)
     pg = context.new_page()
     problems: list[str] = []
@@ -66,6 +64,21 @@ def page_fixture(browser):
     yield pg
     context.close()
     assert not problems, problems
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser):
+    """A fresh context (no cookies) per test; any script error or dialog fails it.
+    The pages' CSP is bypassed on purpose: a markup injection must show up as a
+    script that ran, not be hidden by the policy (`strict_page` keeps the policy),
+    and Playwright's own polling predicates need eval."""
+    yield from _page(browser, bypass_csp=True)
+
+
+@pytest.fixture(name="strict_page")
+def strict_page_fixture(browser):
+    """A page that obeys the pages' Content-Security-Policy."""
+    yield from _page(browser, bypass_csp=False)
 
 
 def free_port() -> int:

@@ -64,10 +64,10 @@ import click
 from ciwatch.apiclient import ApiClient
 from ciwatch.app import App
 from ciwatch.cli import config_option, json_option
+from ciwatch.commands.statusview import render_status, safe_text
 from ciwatch.commands.viaapi import daemon_api, find_run_id
-from ciwatch.console import fmt_duration
-from ciwatch.control import ControlClient, DaemonNotRunning, socket_path
-from ciwatch.model import ref_display
+from ciwatch.control import DaemonNotRunning, socket_path
+from ciwatch.controlclient import ControlClient
 
 TIMEOUT = 10.0  # seconds for an answer; the daemon answers these at once
 TRIGGER_TIMEOUT = 120.0  # a trigger fetches the repository to resolve the branch
@@ -101,108 +101,6 @@ def _client(config_path: str | None, timeout: float = TIMEOUT) -> ControlClient:
     if not config_path and not app.config.state_dir:
         hint = "if the daemon runs with a config file, name it with -c or CIWATCH_CONFIG"
     return _Client(socket_path(app.state_dir), timeout, hint)
-
-
-def _text(value) -> str:
-    """Daemon-provided text made safe for a terminal (no escapes, no newlines)."""
-    return ref_display(str(value)) if value is not None else "-"
-
-
-def _ago(when, now: float) -> str:
-    return f"{fmt_duration(max(0.0, now - when))} ago" if isinstance(when, int | float) else "-"
-
-
-def _sources(raw) -> list[dict]:
-    """SOURCE entries; a {"poll": [...], "watch": ["app"]} mapping is flattened."""
-    if isinstance(raw, list):
-        return [s for s in raw if isinstance(s, dict)]
-    out: list[dict] = []
-    if isinstance(raw, dict):
-        for kind, items in raw.items():
-            for item in items if isinstance(items, list) else [items]:
-                out.append(
-                    {"kind": kind, **item}
-                    if isinstance(item, dict)
-                    else {"kind": kind, "repo": item}
-                )
-    return out
-
-
-def _count(value, listed: list) -> int:
-    """A count the scheduler gave (a number or a list), else what is listed."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return len(value) if isinstance(value, list) else len(listed)
-
-
-def render_status(st: dict, now: float) -> list[str]:
-    """The status answer as lines for a person."""
-    sched = st.get("scheduler") if isinstance(st.get("scheduler"), dict) else {}
-    head = f"ciwatch daemon, pid {_text(st.get('pid'))}"
-    if st.get("version"):
-        head += f", version {_text(st['version'])}"
-    if isinstance(st.get("started_at"), int | float):
-        head += f", up {fmt_duration(max(0.0, now - st['started_at']))}"
-    lines = [head]
-    if st.get("state_dir"):
-        lines.append(f"state directory: {_text(st['state_dir'])}")
-    if st.get("web"):
-        lines.append(f"web: {_text(st['web'])} (webhooks at /hooks/FORGE)")
-    running, queued = st.get("running") or [], st.get("queued") or []
-    mode = "paused" if sched.get("paused") else "draining" if sched.get("draining") else "running"
-    slots = f" of {sched['max_running']}" if isinstance(sched.get("max_running"), int) else ""
-    lines.append(
-        f"scheduler: {mode}; {_count(sched.get('running'), running)}{slots} running,"
-        f" {_count(sched.get('queued'), queued)} queued"
-    )
-    for title, runs in (("running", running), ("queued", queued)):
-        if not runs:
-            continue
-        lines.append(f"{title}:")
-        for r in runs:
-            r = r if isinstance(r, dict) else {"label": r}
-            sha = _text(r.get("sha"))[:10]
-            started = r.get("started_at")
-            if title == "running" and isinstance(started, int | float):
-                extra = f"for {fmt_duration(max(0.0, now - started))}"
-            else:
-                extra = _text(r.get("waiting")) if r.get("waiting") else ""
-            if isinstance(r.get("attempt"), int) and r["attempt"] > 1:
-                extra += f" (attempt {r['attempt']})"
-            lines.append(
-                f"  {_text(r.get('label')):<16} run {_text(r.get('id')):<6}"
-                f" {_text(r.get('ref')) if r.get('ref') else '':<24} {sha:<10}  {extra}".rstrip()
-            )
-    sources = _sources(st.get("sources"))
-    if sources:
-        lines.append("sources:")
-        for s in sources:
-            name = f"{_text(s.get('kind'))} {_text(s.get('repo')) if s.get('repo') else ''}"
-            if s.get("last_error"):
-                state = f"failing ({s.get('failures') or 1}x): {_text(s['last_error'])}"
-            elif s.get("last_ok") is not None:
-                state = f"ok, {_ago(s.get('last_ok'), now)}"
-            else:
-                state = "ok"
-            lines.append(f"  {name.strip():<22} {state}")
-    outbox = st.get("outbox") if isinstance(st.get("outbox"), dict) else {}
-    if outbox.get("backlog") or outbox.get("failing"):
-        failing = ", ".join(_text(f) for f in outbox.get("failing") or []) or "none"
-        backlog = _text(outbox.get("backlog") or 0)
-        lines.append(f"statuses: {backlog} waiting to be sent; failing forges: {failing}")
-    errors = [e for e in st.get("errors") or [] if isinstance(e, dict)]
-    if errors:
-        lines.append("recent errors:")
-        for e in errors:
-            at = e.get("at")
-            stamp = (
-                time.strftime("%m-%d %H:%M:%S", time.localtime(at))
-                if isinstance(at, int | float)
-                else "-"
-            )
-            where = f"{_text(e['where'])}: " if e.get("where") else ""
-            lines.append(f"  {stamp}  {where}{_text(e.get('message'))}")
-    return lines
 
 
 @click.command()
@@ -247,7 +145,7 @@ def drain(wait, timeout, config_path):
     shown: list[str] | None = None
     while True:
         running = [
-            _text(r.get("label") if isinstance(r, dict) else r)
+            safe_text(r.get("label") if isinstance(r, dict) else r)
             for r in client.call("status").get("running") or []
         ]
         if not running:
@@ -294,8 +192,8 @@ def cancel(run_spec, config_path):
         answer = {"run": run["id"], "label": run["label"]}
     else:
         answer = _client(config_path).call("cancel", run=run_spec)
-    label = _text(answer.get("label") or run_spec)
-    click.echo(f"cancel requested for {label} (run {_text(answer.get('run'))})")
+    label = safe_text(answer.get("label") or run_spec)
+    click.echo(f"cancel requested for {label} (run {safe_text(answer.get('run'))})")
 
 
 def _action_answer(run: dict) -> dict:
@@ -329,8 +227,8 @@ def retry(run_spec, as_json, config_path):
         click.echo(json.dumps(answer, indent=2))
         return
     click.echo(
-        f"queued {_text(answer.get('label'))} (run {_text(answer.get('run'))}),"
-        f" again {_text(answer.get('ref'))} at {_text(answer.get('sha'))[:12]}"
+        f"queued {safe_text(answer.get('label'))} (run {safe_text(answer.get('run'))}),"
+        f" again {safe_text(answer.get('ref'))} at {safe_text(answer.get('sha'))[:12]}"
     )
 
 
@@ -358,8 +256,8 @@ def trigger(repo, ref, as_json, config_path):
         click.echo(json.dumps(answer, indent=2))
         return
     click.echo(
-        f"queued {_text(answer.get('label'))} (run {_text(answer.get('run'))}):"
-        f" {_text(answer.get('ref'))} at {_text(answer.get('sha'))[:12]}"
+        f"queued {safe_text(answer.get('label'))} (run {safe_text(answer.get('run'))}):"
+        f" {safe_text(answer.get('ref'))} at {safe_text(answer.get('sha'))[:12]}"
     )
 
 

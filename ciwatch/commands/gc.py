@@ -17,7 +17,8 @@ import click
 from ciwatch.cli import EXIT_COULD_NOT_RUN, _app, config_option
 from ciwatch.config import Config
 from ciwatch.logsetup import setup_logging
-from ciwatch.retention import Retention, RetentionPolicy
+from ciwatch.retention import Retention
+from ciwatch.retentionpolicy import RetentionPolicy
 
 
 def retention_policy(config: Config) -> RetentionPolicy:

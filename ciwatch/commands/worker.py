@@ -1,4 +1,4 @@
-"""`ciwatch worker`: the process the daemon starts ahead to execute one run."""
+"""`ciwatch worker`: the process the daemon starts ahead to execute runs, one at a time."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import click
     help="Config file (the daemon's).",
 )
 def worker(config_path):
-    """Execute the run whose id arrives on standard input (started by `ciwatch serve`).
+    """Execute the runs whose ids arrive on standard input, one per line (started
+    by `ciwatch serve`).
 
-    Exits 0 once the run was executed, whatever its result, or when standard
-    input closes without a run id; 1 on an internal error.
+    Answers `done RUN STATUS` on standard output after each run. Exits when
+    standard input closes: 0 when every run was executed, whatever its result;
+    1 after an internal error.
     """
     # Imported before standard input is read: a spare waits fully loaded.
     from ciwatch.worker import main

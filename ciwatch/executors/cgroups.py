@@ -4,7 +4,7 @@ Why cgroups: steps may run as root, and RLIMIT_NPROC does not bind root;
 RLIMIT_AS counts address space, not memory. A cgroup holds every process the
 step starts, whatever it does, and the kernel enforces its limits.
 
-Where step cgroups are made (`find`):
+Where step cgroups are made (`find`, in cgroupfs.py):
 
 - cgroup v1 (or the v1 half of a hybrid layout): in ciwatch's own cgroup of
   the `memory` and of the `pids` hierarchy, each when writable (as root).
@@ -34,27 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ciwatch.errors import ExecutorError
+from ciwatch.executors.cgroupfs import Hierarchy, enter_leaf, find, write_value
 
-__all__ = ["Hierarchy", "StepCgroup", "Usage", "find", "create"]
+# Hierarchy, find and enter_leaf are re-exported: callers know them from here.
+__all__ = ["Hierarchy", "StepCgroup", "Usage", "create", "enter_leaf", "find"]
 
 PREFIX = "ciwatch-"
-_DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
-
-
-@dataclass(frozen=True)
-class Hierarchy:
-    """Where step cgroups are made: a parent directory per controller (None: not
-    available). For v2 both are the same directory."""
-
-    version: int  # 1 or 2
-    memory: Path | None
-    pids: Path | None
-
-    def describe(self) -> str:
-        if self.version == 2:
-            return f"cgroup v2 under {self.memory}"
-        parts = [f"{n} under {d}" for n, d in (("memory", self.memory), ("pids", self.pids)) if d]
-        return "cgroup v1: " + ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -64,97 +49,6 @@ class Usage:
     peak_bytes: int | None  # None: this kernel does not say
     oom_kills: int  # processes killed by the OOM killer
     fork_failures: int  # forks refused at the process limit
-
-
-def find(proc: Path = Path("/proc")) -> Hierarchy | None:
-    """Where this process may make step cgroups, or None when nowhere."""
-    try:
-        mounts = (proc / "self" / "mountinfo").read_text()
-        own = (proc / "self" / "cgroup").read_text()
-    except OSError:
-        return None
-    v1: dict[str, tuple[str, str]] = {}  # controller -> (mount root, mount point)
-    v2: tuple[str, str] | None = None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        fstype, superopts = fields[sep + 1], fields[sep + 3] if len(fields) > sep + 3 else ""
-        root, point = _unescape(fields[3]), _unescape(fields[4])
-        if fstype == "cgroup2":
-            v2 = (root, point)
-        elif fstype == "cgroup":
-            for opt in superopts.split(","):
-                if opt in ("memory", "pids"):
-                    v1[opt] = (root, point)
-    paths: dict[str, str] = {}
-    for line in own.splitlines():
-        hid, _, rest = line.partition(":")
-        names, _, path = rest.partition(":")
-        for name in names.split(",") if names else ["" if hid == "0" else names]:
-            paths[name] = path
-    memory = _v1_dir(v1.get("memory"), paths.get("memory"))
-    pids = _v1_dir(v1.get("pids"), paths.get("pids"))
-    if memory or pids:
-        return Hierarchy(1, memory, pids)
-    if v2 is not None and "" in paths:
-        parent = _v2_parent(v2, paths[""])
-        if parent is not None:
-            return Hierarchy(2, parent, parent)
-    return None
-
-
-def _unescape(text: str) -> str:
-    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-
-
-def _inside(mount: tuple[str, str], path: str) -> Path | None:
-    root, point = mount
-    if root != "/" and path != root and not path.startswith(root.rstrip("/") + "/"):
-        return None  # our cgroup is not visible through this mount
-    rel = path[len(root) :] if root != "/" else path
-    return Path(point, rel.lstrip("/"))
-
-
-def _v1_dir(mount: tuple[str, str] | None, path: str | None) -> Path | None:
-    if mount is None or path is None:
-        return None
-    found = _inside(mount, path)
-    if found is None or not os.access(found / "cgroup.procs", os.W_OK):
-        return None
-    return found
-
-
-def _v2_parent(mount: tuple[str, str], path: str) -> Path | None:
-    own = _inside(mount, path)
-    if own is None or path in ("", "/"):
-        return None
-    parent = own.parent
-    try:
-        controllers = set((parent / "cgroup.controllers").read_text().split())
-    except OSError:
-        return None
-    if not {"memory", "pids"} <= controllers or not _delegated(parent):
-        return None
-    return parent
-
-
-def _delegated(path: Path) -> bool:
-    """Given to us to manage: systemd marks such a cgroup; without the mark, a
-    non-root user owning it is the other way delegation shows."""
-    for name in _DELEGATE_XATTRS:
-        try:
-            if os.getxattr(path, name) in (b"1", b"1\n"):
-                return True
-        except OSError:
-            continue
-    uid = os.geteuid()
-    try:
-        owner = (path / "cgroup.procs").stat().st_uid
-    except OSError:
-        return False
-    return uid != 0 and owner == uid and os.access(path / "cgroup.subtree_control", os.W_OK)
 
 
 class StepCgroup:
@@ -178,14 +72,14 @@ class StepCgroup:
         """Set the limits (None: none); raises OSError."""
         if memory_bytes is not None and self.memory is not None:
             if self.version == 2:
-                _write(self.memory / "memory.max", memory_bytes)
+                write_value(self.memory / "memory.max", memory_bytes)
                 _write_if_there(self.memory / "memory.swap.max", 0)  # the limit is real memory
                 _write_if_there(self.memory / "memory.oom.group", 1)  # the whole step goes
             else:
-                _write(self.memory / "memory.limit_in_bytes", memory_bytes)
+                write_value(self.memory / "memory.limit_in_bytes", memory_bytes)
                 _write_if_there(self.memory / "memory.memsw.limit_in_bytes", memory_bytes)
         if processes is not None and self.pids is not None:
-            _write(self.pids / "pids.max", processes)
+            write_value(self.pids / "pids.max", processes)
 
     def usage(self) -> Usage:
         peak = None
@@ -247,7 +141,9 @@ def _enable_controllers(parent: Path) -> None:
         enabled = set((parent / "cgroup.subtree_control").read_text().split())
         missing = {"memory", "pids"} - enabled
         if missing:
-            _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+            write_value(
+                parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing))
+            )
     except OSError as exc:
         raise ExecutorError(
             f"cannot enable the memory and pids controllers in {parent}: {exc.strerror} "
@@ -316,17 +212,9 @@ def _rmdir(path: Path) -> None:
         pass
 
 
-def _write(path: Path, value: int | str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, str(value).encode())
-    finally:
-        os.close(fd)
-
-
 def _write_if_there(path: Path, value: int | str) -> bool:
     try:
-        _write(path, value)
+        write_value(path, value)
     except OSError:
         return False  # an older kernel, or no swap accounting: not needed for the limit
     return True
@@ -353,34 +241,3 @@ def _keyed(path: Path) -> dict[str, int]:
         except ValueError:
             continue
     return out
-
-
-def enter_leaf(proc: Path = Path("/proc"), name: str = "daemon") -> Path | None:
-    """On cgroup v2, move this process into a leaf of its own delegated cgroup
-    (what systemd 254's `DelegateSubgroup=` does), so step cgroups can be made
-    beside it: a v2 cgroup holding processes cannot hand controllers down.
-    Returns the leaf, or None when there is nothing to do (v1, not delegated,
-    or already in a leaf)."""
-    try:
-        mounts = (proc / "self" / "mountinfo").read_text()
-        own = (proc / "self" / "cgroup").read_text()
-    except OSError:
-        return None
-    v2 = None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if "-" in fields and fields[fields.index("-") + 1] == "cgroup2":
-            v2 = (_unescape(fields[3]), _unescape(fields[4]))
-    path = next((ln[3:] for ln in own.splitlines() if ln.startswith("0::")), None)
-    if v2 is None or path is None or path in ("", "/"):
-        return None
-    here = _inside(v2, path)
-    if here is None or here.name == name or not _delegated(here):
-        return None
-    leaf = here / name
-    try:
-        leaf.mkdir(exist_ok=True)
-        _write(leaf / "cgroup.procs", os.getpid())
-    except OSError:
-        return None
-    return leaf

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,26 +29,16 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ciwatch.errors import CiwatchError, ConfigError, GitError, NotFoundError
-from ciwatch.git import Git, check_url, redact, url_protocol
-from ciwatch.model import Event, Repo, ref_from_bytes
-from ciwatch.pipeline.globs import GlobError, check, list_matcher
+from ciwatch.errors import CiwatchError, NotFoundError
+from ciwatch.git import Git, redact
+from ciwatch.model import Event
+from ciwatch.pipeline.globs import list_matcher
 from ciwatch.sources.refdiff import diff_refs, events_for
+from ciwatch.sources.remoterefs import PollTarget, check_targets, describe_failure, ls_remote
 
-_SHA = re.compile(rb"(?:[0-9a-f]{40}|[0-9a-f]{64})")
-_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/@\s]+)@")
-_PULL = re.compile(r"^refs/(?:pull|merge-requests)/[0-9]{1,9}/head$")
-MAX_LS_REMOTE = 30.0  # seconds; less when the interval is shorter
 JITTER = 0.1  # a fraction of the interval (or of the backoff delay)
 
-
-@dataclass(frozen=True)
-class PollTarget:
-    repo: Repo
-    url: str
-    interval: float
-    branches: tuple[str, ...] = ()  # globs (ciwatch.pipeline.globs); () = every branch
-    pull_requests: bool = False  # also refs/pull/*/head, refs/merge-requests/*/head
+__all__ = ["Poller", "PollTarget"]  # PollTarget: callers know it from here
 
 
 @dataclass
@@ -104,7 +93,7 @@ class Poller:
     def set_repos(self, repos: list[PollTarget]) -> None:
         """The remotes to poll. Every target is checked first (ConfigError lists
         every problem, nothing changes); on a reload only changed jobs move."""
-        _validate(repos, self._git.allowed_protocols)
+        check_targets(repos, self._git.allowed_protocols)
         with self._lock:
             wanted = {t.repo.name: t for t in repos}
             for name in list(self._states):
@@ -233,7 +222,7 @@ class Poller:
         target = state.target
         state.failures += 1
         state.last_error = self._clock()
-        state.error = _describe(exc, target.url)
+        state.error = describe_failure(exc, target.url)
         delay = min(self._max_backoff, target.interval * 2**state.failures)
         delay *= 1 + self._rng.uniform(0, JITTER)
         if state.failures == 1:
@@ -298,65 +287,6 @@ class Poller:
             self._scheduler.remove_job(_job_id(name))
         except JobLookupError:
             pass
-
-
-def ls_remote(git: Git, target: PollTarget) -> dict[str, str]:
-    """The remote's branches and tags (and PR heads when asked), unpeeled."""
-    args = ["-c", "protocol.version=1"] if url_protocol(target.url) == "git" else []
-    args += ["ls-remote", "--refs"]
-    if not target.pull_requests:
-        args += ["--heads", "--tags"]  # with protocol v2 the server filters too
-    timeout = max(0.1, min(0.8 * target.interval, MAX_LS_REMOTE))
-    check_url(target.url, git.allowed_protocols)
-    out = git.run([*args, "--end-of-options", target.url], timeout=timeout)
-    refs = {}
-    for line in out.split(b"\n"):
-        sha, _, raw = line.partition(b"\t")
-        if not _SHA.fullmatch(sha):
-            continue
-        ref = ref_from_bytes(raw)
-        if ref.startswith(("refs/heads/", "refs/tags/")) or (
-            target.pull_requests and _PULL.match(ref)
-        ):
-            refs[ref] = sha.decode()
-    return refs
-
-
-def _describe(exc: CiwatchError, url: str) -> str:
-    """One line saying why a poll failed, without the URL's credentials: git
-    also echoes them without a scheme ("unable to look up user:pw@host")."""
-    stderr = getattr(exc, "stderr", "")
-    text = " ".join((stderr or str(exc) or type(exc).__name__).split())[:500]
-    m = _USERINFO.match(url)
-    if m:
-        password = m.group(1).partition(":")[2]
-        for secret in (m.group(1), password):
-            if secret:
-                text = text.replace(secret, "***")
-    return redact(text)
-
-
-def _validate(targets: list[PollTarget], protocols: tuple[str, ...]) -> None:
-    problems = []
-    seen: set[str] = set()
-    for t in targets:
-        name = t.repo.name
-        if name in seen:
-            problems.append(f"repo {name}: polled twice")
-        seen.add(name)
-        if not t.interval > 0:
-            problems.append(f"repo {name}: poll_interval must be positive")
-        try:
-            check_url(t.url, protocols)
-        except GitError as exc:
-            problems.append(f"repo {name}: url: {exc}")
-        for pattern in t.branches:
-            try:
-                check(pattern)
-            except GlobError as exc:
-                problems.append(f"repo {name}: branches: {exc}")
-    if problems:
-        raise ConfigError(problems)
 
 
 def _job_id(name: str) -> str:

@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from ciwatch.forges import payloads
-from ciwatch.forges.payloads import PayloadError, RepoRef
+from ciwatch.forges.payloadfields import PayloadError
+from ciwatch.forges.payloads import RepoRef
 from ciwatch.forges.signatures import SignatureError, verify
 from ciwatch.forges.types import ForgeKind
 from ciwatch.model import Event, ref_display

@@ -44,7 +44,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
-ASSETS = {"ciwatch.css": "text/css; charset=utf-8", "ciwatch.js": "text/javascript; charset=utf-8"}
+# The script is ES modules (ciwatch.js imports the others); each needs a JavaScript type.
+_SCRIPTS = ("ciwatch", "api", "dashboard", "dom", "format", "run", "session", "steplog")
+ASSETS = {
+    "ciwatch.css": "text/css; charset=utf-8",
+    **{f"{name}.js": "text/javascript; charset=utf-8" for name in _SCRIPTS},
+}
 OPEN_STATES = (StepState.RUNNING, StepState.FAILURE, StepState.ERROR)
 
 
