@@ -52,6 +52,13 @@ def _detail(resp: requests.Response) -> str:
     return str(detail or f"HTTP {resp.status_code} from the daemon")
 
 
+def _raise_for(resp: requests.Response) -> None:
+    if resp.status_code == 404:
+        raise NotFoundError(_detail(resp))
+    if resp.status_code >= 400:
+        raise ApiError(resp.status_code, _detail(resp))
+
+
 class ApiClient:
     def __init__(
         self,
@@ -94,10 +101,7 @@ class ApiClient:
             raise ApiUnreachable(
                 f"no answer from the daemon at {self.base_url}: {type(exc).__name__}"
             ) from None
-        if resp.status_code == 404:
-            raise NotFoundError(_detail(resp))
-        if resp.status_code >= 400:
-            raise ApiError(resp.status_code, _detail(resp))
+        _raise_for(resp)
         return resp
 
     def alive(self, timeout: float = 2.0) -> bool:
@@ -135,10 +139,7 @@ class ApiClient:
                 f"no answer from the daemon at {self.base_url}: {type(exc).__name__}"
             ) from None
         with resp:
-            if resp.status_code == 404:
-                raise NotFoundError(_detail(resp))
-            if resp.status_code >= 400:
-                raise ApiError(resp.status_code, _detail(resp))
+            _raise_for(resp)
             yield from parse_sse(resp.iter_lines(decode_unicode=False))
 
 

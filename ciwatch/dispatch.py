@@ -39,13 +39,13 @@ class _Worker:
 
     __slots__ = ("proc", "generation", "run_id", "ready", "leaving", "idle_since")
 
-    def __init__(self, proc: subprocess.Popen, generation: int) -> None:
+    def __init__(self, proc: subprocess.Popen, generation: int, now: float) -> None:
         self.proc = proc
         self.generation = generation
         self.run_id: int | None = None
         self.ready = False  # said `ready`: fully loaded, blocked on its input
         self.leaving = False  # said `bye`, or its input was closed
-        self.idle_since = time.monotonic()
+        self.idle_since = now
 
 
 class LocalDispatcher:
@@ -58,6 +58,7 @@ class LocalDispatcher:
         on_done: Callable[[int, int], None] = lambda run_id, rc: None,
         log: logging.Logger | None = None,
         linger: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.worker_argv = list(worker_argv)
         self.spares = max(0, spares)
@@ -66,6 +67,7 @@ class LocalDispatcher:
         self.on_done = on_done
         self.log = log or logging.getLogger("ciwatch.dispatch")
         self.linger = linger  # idle workers beyond `spares` retire after this long
+        self.clock = clock
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}  # pid -> worker holding a run
@@ -193,7 +195,7 @@ class LocalDispatcher:
             )
         except OSError as exc:
             raise DispatchError(f"cannot start a worker ({self.worker_argv[0]}): {exc}") from exc
-        w = _Worker(proc, self._generation)
+        w = _Worker(proc, self._generation, self.clock())
         self._all[proc.pid] = w
         threading.Thread(
             target=self._follow, args=(w,), name=f"worker-{proc.pid}", daemon=True
@@ -211,7 +213,7 @@ class LocalDispatcher:
         """Retire idle workers beyond `spares` that waited `linger` seconds."""
         with self._cond:
             self._trim_due = False
-            due = time.monotonic() - self.linger
+            due = self.clock() - self.linger
             for w in sorted(self._idle, key=lambda w: w.idle_since):
                 if len(self._idle) <= self.spares:
                     break
@@ -261,7 +263,7 @@ class LocalDispatcher:
                 self._retire(w)
                 self._replace()
             else:
-                w.idle_since = time.monotonic()
+                w.idle_since = self.clock()
                 self._idle.append(w)
                 if len(self._idle) > self.spares and not self._trim_due:
                     self._trim_due = True  # one timer at a time
@@ -307,10 +309,10 @@ class LocalDispatcher:
             self.log.exception("run %d: on_done failed", run_id)
 
     def _wait_busy(self, seconds: float) -> None:
-        deadline = time.monotonic() + max(0.0, seconds)
+        deadline = self.clock() + max(0.0, seconds)
         with self._cond:
             while self._busy:
-                left = deadline - time.monotonic()
+                left = deadline - self.clock()
                 if left <= 0:
                     return
                 self._cond.wait(left)

@@ -24,7 +24,7 @@ from ciwatch.web.metrics import Collector, metrics_router
 from ciwatch.web.pages import pages_router, session_of
 from ciwatch.web.readmodel import ReadModel
 from ciwatch.web.server import create_app
-from ciwatch.why import _run_lines as why_lines
+from ciwatch.why import run_lines as why_lines
 
 
 class DaemonActions:

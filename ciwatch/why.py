@@ -27,7 +27,7 @@ def _setup_notes(state_dir: Path, run: Run) -> list[str]:
     return [line.data.decode("utf-8", "replace") for line in read_log(path)]
 
 
-def _run_lines(store, state_dir: Path, run: Run) -> list[str]:
+def run_lines(store, state_dir: Path, run: Run) -> list[str]:
     lines = [
         f"  run {run.label} (id {run.id}): {run.state.value}"
         + (f": {run.reason}" if run.reason else "")
@@ -87,5 +87,5 @@ def explain(store, state_dir: Path, repo: str, what: str) -> list[str]:
         if not runs:
             out.append("  no run was created")
         for run in runs:
-            out += _run_lines(store, state_dir, run)
+            out += run_lines(store, state_dir, run)
     return out

@@ -216,8 +216,10 @@ def _why_retire(rc: int, runs: int, bounds: Bounds, before: ProcessState) -> str
 def run_one(app: App, run_id: int, environ, handler, log: logging.Logger) -> int:
     """Execute one run: 0 when it was executed (whatever its result) or was not
     ours to run; 1 on an internal error."""
+    label = f"run {run_id}"  # the repo and its number once the run is read
     try:
         run = app.store.get_run(run_id)
+        label = f"{run.label} (run {run_id})"
         if run.state is not RunState.QUEUED:
             log.info("%s: %s, not queued; nothing to do", run.label, run.state.value)
             return 0
@@ -248,10 +250,10 @@ def run_one(app: App, run_id: int, environ, handler, log: logging.Logger) -> int
             handler.removeFilter(mask)
         return 0
     except CiwatchError as exc:
-        log.error("run %d: %s", run_id, exc)
+        log.error("%s: %s", label, exc)
         return 1
     except Exception:  # the run's boundary: say what broke, take no more runs
-        log.exception("run %d: internal error", run_id)
+        log.exception("%s: internal error", label)
         return 1
 
 

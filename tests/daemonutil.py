@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,24 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
         time.sleep(every)
+
+
+class Done:
+    """A dispatcher's on_done: (run id, exit status) of each worker, waitable."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, run_id: int, rc: int) -> None:
+        with self._cond:
+            self.seen.append((run_id, rc))
+            self._cond.notify_all()
+
+    def wait(self, n: int, timeout: float = 30) -> list[tuple[int, int]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.seen) >= n, timeout), self.seen
+            return list(self.seen)
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60, cwd: Path | None = None):

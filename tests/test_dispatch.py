@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from daemonutil import Done, wait_for
 from gitutil import commit, make_repo
 
 from ciwatch.config import read_config
@@ -27,31 +27,6 @@ from ciwatch.worker import worker_env
 from ciwatch.workspace import Mirrors, local_repo_info
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Done:
-    """on_done: (run id, exit status) of each worker, waitable."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, int]] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, run_id: int, rc: int) -> None:
-        with self._cond:
-            self.seen.append((run_id, rc))
-            self._cond.notify_all()
-
-    def wait(self, n: int, timeout: float = 30) -> list[tuple[int, int]]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.seen) >= n, timeout), self.seen
-            return list(self.seen)
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -137,7 +112,7 @@ def test_a_worker_killed_mid_step_is_recovered_and_the_run_retried(world):
     assert store.get_run(run.id).state is RunState.RUNNING  # until its lease runs out
 
     did: list[str] = []
-    wait_for(lambda: did.extend(recover(store, max_attempts=3)) or did, 10, "lease expiry")
+    wait_for(lambda: did.extend(recover(store, max_attempts=3)) or did, 10, what="lease expiry")
     requeued = store.get_run(run.id)
     assert requeued.state is RunState.QUEUED
     assert requeued.reason == "worker lost (attempt 1): lease expired"

@@ -73,7 +73,7 @@ LAYERS = {
     "ciwatch.logsetup": COMPOSITION,
     "ciwatch.forgewiring": COMPOSITION,
     "ciwatch.worker": COMPOSITION,
-    "ciwatch.workerstate": COMPOSITION,
+    "ciwatch.workerstate": ADAPTER,
     "ciwatch.why": COMPOSITION,
     "ciwatch.sources": PURE,
     "ciwatch.sources.refdiff": PURE,

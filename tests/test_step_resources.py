@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import resource
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from stepsinks import Sink
 from ciwatch.console import ConsoleObserver, fmt_cpu, fmt_mem
 from ciwatch.executors.base import CancelToken, StepSpec
 from ciwatch.executors.process import ProcessExecutor
-from ciwatch.executors.sandbox import SandboxExecutor
+from ciwatch.executors.sandbox import SandboxExecutor, check_sandbox
 from ciwatch.logview import show_logs
 from ciwatch.model import Event, EventKind, RunState, StepResult, StepState
 from ciwatch.pipeline.plan import Plan, PlanStep
@@ -44,23 +42,12 @@ def spec_for(tmp_path: Path, script: str) -> StepSpec:
     )
 
 
-def bwrap_works() -> bool:
-    found = shutil.which("bwrap")
-    if found is None:
-        return False
-    probe = [found, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    probe += ["--unshare-pid", "--", "true"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+def sandbox() -> SandboxExecutor:
+    check_sandbox()  # raises (the test fails) when bubblewrap is missing or broken
+    return SandboxExecutor()
 
 
-EXECUTORS = [
-    pytest.param(ProcessExecutor, id="process"),
-    pytest.param(
-        SandboxExecutor,
-        id="sandbox",
-        marks=pytest.mark.skipif(not bwrap_works(), reason="bwrap cannot run here"),
-    ),
-]
+EXECUTORS = [pytest.param(ProcessExecutor, id="process"), pytest.param(sandbox, id="sandbox")]
 
 
 def run(make, tmp_path: Path, script: str) -> StepResult:

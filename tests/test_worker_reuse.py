@@ -12,11 +12,10 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from daemonutil import Done, wait_for
 from gitutil import commit, make_repo
 
 from ciwatch.dispatch import LocalDispatcher
@@ -59,29 +58,6 @@ def execute(self, run_id, **kw):
 runner.Runner.execute = execute
 sys.exit(worker.main(sys.argv[2]))
 """
-
-
-class Done:
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, int]] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, run_id: int, rc: int) -> None:
-        with self._cond:
-            self.seen.append((run_id, rc))
-            self._cond.notify_all()
-
-    def wait(self, n: int, timeout: float = 30) -> list[tuple[int, int]]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.seen) >= n, timeout), self.seen
-            return list(self.seen)
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -302,6 +278,6 @@ def test_a_reused_worker_killed_mid_run_loses_only_that_run(world):
     assert done.wait(2)[-1] == (second.id, -signal.SIGKILL)
     assert world.store.get_run(first.id).state is RunState.SUCCESS  # untouched
     did: list[str] = []
-    wait_for(lambda: did.extend(recover(world.store, max_attempts=3)) or did, 10, "expiry")
+    wait_for(lambda: did.extend(recover(world.store, max_attempts=3)) or did, 10, what="expiry")
     assert world.store.get_run(second.id).state is RunState.QUEUED
     wait_for(lambda: pool.idle_count() >= 1, what="a spare")

@@ -534,17 +534,13 @@ def _remove_unprivileged(root: Path) -> subprocess.CompletedProcess:
     """)
     argv = [sys.executable, "-c", code]
     if os.geteuid() == 0:
+        assert shutil.which("setpriv"), (
+            "as root, setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE"
+        )
         argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *argv]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
-needs_setpriv = pytest.mark.skipif(
-    os.geteuid() == 0 and not shutil.which("setpriv"),
-    reason="as root, setpriv is needed to drop CAP_DAC_OVERRIDE",
-)
-
-
-@needs_setpriv
 def test_remove_without_dac_override_chmods_its_way_through(tmp_path: Path) -> None:
     outside = _make_outside(tmp_path)
     ws = Workspace(tmp_path / "ws")
@@ -560,7 +556,6 @@ def test_remove_without_dac_override_chmods_its_way_through(tmp_path: Path) -> N
     assert (outside / "secret.txt").read_text() == "keep me"
 
 
-@needs_setpriv
 def test_remove_reports_what_it_could_not_delete(tmp_path: Path) -> None:
     parent = tmp_path / "parent"
     ws = Workspace(parent / "ws")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
 
 from ciwatch.apiclient import ApiClient, SseEvent
 from ciwatch.config import Config
@@ -22,7 +23,7 @@ from ciwatch.errors import ConfigError
 from ciwatch.forgewiring import read_credential
 from ciwatch.hookinstall import default_url_file, read_daemon_url
 from ciwatch.logread import LineKind, LogLine, render
-from ciwatch.model import ref_display
+from ciwatch.model import RunState, StepState, ref_display
 
 URL_ENV = "CIWATCH_URL"
 TOKEN_ENV = "CIWATCH_TOKEN"
@@ -63,7 +64,7 @@ def find_run_id(client: ApiClient, spec: str) -> int:
     """A run id from "17" or "app#3"."""
     if "#" in spec:
         repo, _, number = spec.rpartition("#")
-        return int(client.get(f"/api/repos/{repo}/runs/{int(number)}")["id"])
+        return int(client.get(f"/api/repos/{quote(repo, safe='')}/runs/{int(number)}")["id"])
     return int(spec)
 
 
@@ -87,7 +88,7 @@ def _text(value) -> str:
 def _header(s: dict) -> str:
     cell = f" [{_text(s['cell'])}]" if s.get("cell") else ""
     state = _text(s.get("state"))
-    if s.get("reason") and s.get("state") not in ("success", "running"):
+    if s.get("reason") and s.get("state") not in (StepState.SUCCESS, StepState.RUNNING):
         state += f": {_text(s['reason'])}"
     return f"── {_text(s.get('name'))}{cell} ({state}) ──"
 
@@ -109,9 +110,9 @@ def follow_logs(
     shown: set[int] = set()
     while True:
         detail = client.get(f"/api/runs/{run_id}")
-        finished = detail["state"] not in ("queued", "running")
+        finished = detail["state"] not in (RunState.QUEUED, RunState.RUNNING)
         for s in _selected(detail, step):
-            if s["id"] in shown or s["state"] == "pending":
+            if s["id"] in shown or s["state"] == StepState.PENDING:
                 continue
             out.write(_header(s) + "\n")
             if s.get("started_at") is not None:
@@ -119,7 +120,9 @@ def follow_logs(
                     if ev.event == "end":
                         break
                     for rec in records(ev):
-                        kind = LineKind.NOTE if rec.get("kind") == "note" else LineKind.OUTPUT
+                        kind = (
+                            LineKind.NOTE if rec.get("kind") == LineKind.NOTE else LineKind.OUTPUT
+                        )
                         raw = str(rec.get("text", "")).encode("utf-8", "surrogateescape")
                         out.write(render(LogLine(0.0, kind, raw)) + "\n")
                     out.flush()

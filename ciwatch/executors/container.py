@@ -43,7 +43,7 @@ from ciwatch.executors.base import CancelToken, LogSink, StepSpec
 from ciwatch.executors.containerresult import Progress, Verdict, cannot_start, verdict
 from ciwatch.executors.engine import Engine, find_engine, owner_of, remove_leftovers, scope_of
 from ciwatch.executors.images import Images
-from ciwatch.executors.process import format_duration
+from ciwatch.executors.process import format_duration, stop_reason
 from ciwatch.model import FailureKind, StepResult, StepState
 
 
@@ -237,15 +237,7 @@ class ContainerExecutor:
                     break
                 continue
             if p.stop is None:
-                what = ""
-                if cancel.canceled:
-                    p.stop, what = FailureKind.CANCELED, cancel.reason or "canceled"
-                elif now >= start + step.timeout:
-                    p.stop = FailureKind.TIMEOUT
-                    what = f"timed out after {format_duration(step.timeout)}"
-                elif idle is not None and now - last_out >= idle:
-                    p.stop = FailureKind.IDLE_TIMEOUT
-                    what = f"no output for {format_duration(idle)} (idle timeout)"
+                p.stop, what = stop_reason(cancel, now - start, step.timeout, now - last_out, idle)
                 if p.stop is not None:
                     sink.note(f"{what}: sending SIGTERM to the step's processes")
                     self._signal(engine, name, proc, "TERM", sink)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from ciwatch.errors import ExecutorError
 from ciwatch.executors.base import CancelToken, LogSink
@@ -20,7 +21,11 @@ from ciwatch.executors.engine import Engine
 from ciwatch.executors.process import format_duration
 from ciwatch.imageref import image_problem
 
-PULL_POLICIES = ("never", "missing", "always")
+
+class PullPolicy(StrEnum):
+    NEVER = "never"
+    MISSING = "missing"
+    ALWAYS = "always"
 
 
 class Images:
@@ -31,10 +36,12 @@ class Images:
         timeout: float = 600.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if pull not in PULL_POLICIES:
-            raise ExecutorError(f"pull must be one of {', '.join(PULL_POLICIES)}, not {pull!r}")
+        try:
+            self._pull = PullPolicy(pull)
+        except ValueError:
+            choices = ", ".join(PullPolicy)
+            raise ExecutorError(f"pull must be one of {choices}, not {pull!r}") from None
         self._default = default
-        self._pull = pull
         self._timeout = timeout
         self._mono = monotonic
         self._lock = threading.Lock()  # one pull per image, even for parallel steps
@@ -57,8 +64,8 @@ class Images:
         with self._lock:
             if image in self._present:
                 return
-            if self._pull == "always" or not engine.has_image(image):
-                if self._pull == "never":
+            if self._pull is PullPolicy.ALWAYS or not engine.has_image(image):
+                if self._pull is PullPolicy.NEVER:
                     raise ExecutorError(
                         f"image {image!r} is not present and executor.pull is never: "
                         f"`{engine.name} pull {image}` or load it first"

@@ -17,10 +17,12 @@ import resource
 import signal
 from collections.abc import Mapping, Sequence
 
+from ciwatch.errors import ExecutorError
+
 __all__ = ["LaunchError", "launch"]
 
 
-class LaunchError(Exception):
+class LaunchError(ExecutorError):
     """The program could not be started; `stage` says at which step."""
 
     def __init__(self, errno: int, stage: str) -> None:

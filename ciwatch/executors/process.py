@@ -63,6 +63,20 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{n}{unit}" for n, unit in parts if n)
 
 
+def stop_reason(
+    cancel: CancelToken, ran: float, timeout: float, quiet: float, idle: float | None
+) -> tuple[FailureKind | None, str]:
+    """Why a step that `ran` seconds, the last `quiet` of them without output,
+    must be stopped now, with the words of the note; (None, "") if it need not."""
+    if cancel.canceled:
+        return FailureKind.CANCELED, cancel.reason or "canceled"
+    if ran >= timeout:
+        return FailureKind.TIMEOUT, f"timed out after {format_duration(timeout)}"
+    if idle is not None and quiet >= idle:
+        return FailureKind.IDLE_TIMEOUT, f"no output for {format_duration(idle)} (idle timeout)"
+    return None, ""
+
+
 class ProcessExecutor:
     """Runs steps as supervised local processes (implements executors.base.Executor).
 
@@ -192,15 +206,7 @@ class ProcessExecutor:
                     break
                 continue
             if p.stop is None and p.status is None and not p.spawn_error:
-                if cancel.canceled:
-                    p.stop = FailureKind.CANCELED
-                    what = cancel.reason or "canceled"
-                elif now >= start + step.timeout:
-                    p.stop = FailureKind.TIMEOUT
-                    what = f"timed out after {format_duration(step.timeout)}"
-                elif idle is not None and now - last_out >= idle:
-                    p.stop = FailureKind.IDLE_TIMEOUT
-                    what = f"no output for {format_duration(idle)} (idle timeout)"
+                p.stop, what = stop_reason(cancel, now - start, step.timeout, now - last_out, idle)
                 if p.stop is not None:
                     sup.terminate()
                     term_at = now

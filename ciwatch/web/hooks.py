@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from ciwatch.errors import CiwatchError
 from ciwatch.forges import payloads
 from ciwatch.forges.payloadfields import PayloadError
 from ciwatch.forges.payloads import RepoRef
@@ -81,7 +82,7 @@ class StoreDeliveries:
         return self.store.record_delivery(forge, delivery)
 
 
-class _Refused(Exception):
+class _Refused(CiwatchError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

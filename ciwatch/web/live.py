@@ -31,6 +31,7 @@ class ChangeSignal:
         db_path: Path,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         min_interval: float = 0.2,
     ) -> None:
         try:
@@ -46,7 +47,7 @@ class ChangeSignal:
         self._read_at = float("-inf")
         self._version = 0
         # A daemon restart starts the counter again: the boot time keeps tokens apart.
-        self._boot = f"{int(time.time() * 1000):x}"
+        self._boot = f"{int(wall() * 1000):x}"
 
     def version(self) -> int:
         with self._lock:

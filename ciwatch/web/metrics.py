@@ -19,6 +19,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ciwatch.model import RunState
+
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 # A run's row may be committed a little after another that finished later:
@@ -135,8 +137,10 @@ class Collector:
     def collect(self) -> Iterator[Metric]:
         self.histograms.refresh()
         counts = self.store.count_states()
-        yield _gauge("ciwatch_queue_depth", "Runs queued, waiting to start.", counts["queued"])
-        yield _gauge("ciwatch_runs_running", "Runs running now.", counts["running"])
+        yield _gauge(
+            "ciwatch_queue_depth", "Runs queued, waiting to start.", counts[RunState.QUEUED]
+        )
+        yield _gauge("ciwatch_runs_running", "Runs running now.", counts[RunState.RUNNING])
         yield self.histograms.duration.family(
             "ciwatch_run_duration_seconds",
             "How long finished runs ran (start to end), by repository and final state.",
