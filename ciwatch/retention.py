@@ -9,8 +9,9 @@ One pass (`Retention.run`), at daemon start and hourly, or by `ciwatch gc`:
 3. kept workspaces of runs finished more than `workspace_days` ago (failed
    runs' checkouts, and attempts a lost worker left behind);
 4. orphans: workspace, log and artifact directories whose run is gone;
-5. cached checkouts (STATE/cache/<repo id>) of repositories no longer in the
-   config and with no run for `workspace_days`;
+5. cached checkouts (STATE/cache/<repo id>) and mirrors (STATE/mirrors/<repo
+   id>.git) of repositories no longer in the config and with no run for
+   `workspace_days`;
 6. files in STATE/spool/rejected older than `rejected_days`.
 
 Nothing of a queued or running run is ever removed. The store is asked at the
@@ -35,6 +36,8 @@ from ciwatch.fstree import remove_tree
 from ciwatch.retentionfs import (
     PassLock,
     cache_locks,
+    free_lock,
+    mirror_dirs,
     numbered_dirs,
     old_entries,
     park,
@@ -49,7 +52,8 @@ DAY = 86400.0
 
 class _Tally:
     def __init__(self) -> None:
-        self.counts = dict.fromkeys(("runs", "logs", "workspaces", "orphans", "caches"), 0)
+        names = ("runs", "logs", "workspaces", "orphans", "caches", "mirrors")
+        self.counts = dict.fromkeys(names, 0)
         self.counts["rejected"] = 0
         self.freed = 0
         self.problems: list[str] = []
@@ -96,6 +100,7 @@ class Retention:
                 lambda: self._workspaces(t, start, deleted),
                 lambda: self._orphan_dirs(t, deleted),
                 lambda: self._caches(t, start),
+                lambda: self._mirrors(t, start),
                 lambda: self._rejected(t, start),
             )
             for one in passes:
@@ -240,15 +245,10 @@ class Retention:
         for path in old_entries(root, prefix=".gc-"):  # a removal cut short
             self._remove_all(t, [path], "leftover of an earlier pass")
         last = self.store.last_run_times()
-        quiet_since = start - self.policy.workspace_days * DAY
         for repo_id, path in numbered_dirs(root):
-            repo = self.bounds.repos.get(repo_id)
-            if repo is not None:
-                if self.policy.repos is None or repo.name in self.policy.repos:
-                    continue
-                if last.get(repo_id, 0.0) >= quiet_since:
-                    continue
-            said = repo.name if repo else f"repository {repo_id}"
+            said = self._gone(repo_id, start, last)
+            if said is None:
+                continue
             rel = path.relative_to(self.state)
             with cache_locks(path) as free:
                 if not free:
@@ -261,6 +261,37 @@ class Retention:
             self._remove_one(
                 t, target, "caches", f"cached checkouts {rel} ({said} is not configured)"
             )
+
+    def _gone(self, repo_id: int, start: float, last: dict[int, float]) -> str | None:
+        """The name of a repository no longer configured and quiet for
+        `workspace_days` (its cache and mirror may go), else None."""
+        repo = self.bounds.repos.get(repo_id)
+        if repo is not None:
+            if self.policy.repos is None or repo.name in self.policy.repos:
+                return None
+            if last.get(repo_id, 0.0) >= start - self.policy.workspace_days * DAY:
+                return None
+        return repo.name if repo else f"repository {repo_id}"
+
+    def _mirrors(self, t: _Tally, start: float) -> None:
+        root = self.state / "mirrors"
+        for path in old_entries(root, prefix=".gc-"):  # a removal cut short
+            self._remove_all(t, [path], "leftover of an earlier pass")
+        last = self.store.last_run_times()
+        for repo_id, path in mirror_dirs(root):
+            said = self._gone(repo_id, start, last)
+            if said is None:
+                continue
+            with free_lock(root / f"{repo_id}.lock") as free:
+                if not free:
+                    continue  # a fetch into it is running
+                try:
+                    target = path if self.dry_run else park(path)
+                except OSError as exc:
+                    t.problems.append(f"{path}: cannot move it aside: {exc.strerror or exc}")
+                    continue
+            rel = path.relative_to(self.state)
+            self._remove_one(t, target, "mirrors", f"mirror {rel} ({said} is not configured)")
 
     # -- 6. rejected spool files -----------------------------------------------
 

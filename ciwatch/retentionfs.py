@@ -125,6 +125,32 @@ class PassLock:
             self.fd = None
 
 
+def mirror_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(repo id, path) of the mirrors in `root` (`mirrors/<repo id>.git`)."""
+    found = []
+    for e in _real_dirs(root):
+        rid = e.name.removesuffix(".git")
+        if e.name.endswith(".git") and _ID.fullmatch(rid):
+            found.append((int(rid), root / e.name))
+    return sorted(found)
+
+
+@contextmanager
+def free_lock(path: Path) -> Iterator[bool]:
+    """The flock on `path` (a mirror's fetch lock), taken without waiting:
+    True when it was free (held for the `with`), False when someone holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def cache_locks(cache_dir: Path) -> Iterator[bool]:
     """Every slot lock of a repository's cached checkouts (ciwatch.wscache),

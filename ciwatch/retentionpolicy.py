@@ -32,6 +32,7 @@ class RetentionReport:
     workspaces: int = 0
     orphans: int = 0
     caches: int = 0
+    mirrors: int = 0
     rejected: int = 0
     freed: int = 0  # bytes
     problems: tuple[str, ...] = ()
@@ -41,7 +42,15 @@ class RetentionReport:
     @property
     def removed(self) -> bool:
         return any(
-            (self.runs, self.logs, self.workspaces, self.orphans, self.caches, self.rejected)
+            (
+                self.runs,
+                self.logs,
+                self.workspaces,
+                self.orphans,
+                self.caches,
+                self.mirrors,
+                self.rejected,
+            )
         )
 
     def summary(self) -> str:
@@ -52,6 +61,7 @@ class RetentionReport:
             (self.workspaces, "workspace", "workspaces"),
             (self.orphans, "orphaned directory", "orphaned directories"),
             (self.caches, "cached checkout", "cached checkouts"),
+            (self.mirrors, "mirror", "mirrors"),
             (self.rejected, "rejected spool file", "rejected spool files"),
         ]
         said = [f"{n} {one if n == 1 else many}" for n, one, many in parts if n]

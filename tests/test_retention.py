@@ -290,6 +290,33 @@ def test_cached_checkouts_of_repos_gone_from_the_config(st: State):
     assert st.prune(repos=frozenset({"app"})).caches == 1  # busy, now free
 
 
+def test_mirrors_of_repos_gone_from_the_config(st: State):
+    for name in ("old", "busy"):
+        st.store.ensure_repo(name, f"/srv/git/{name}.git")
+    mirrors = st.root / "mirrors"
+    paths = {}
+    for name in ("app", "old", "busy"):
+        path = mirrors / f"{st.repo_id(name)}.git"
+        (path / "objects" / "pack").mkdir(parents=True)
+        (path / "objects" / "pack" / "p.pack").write_bytes(b"p" * 20000)
+        paths[name] = path
+    held = os.open(mirrors / f"{st.repo_id('busy')}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a fetch into busy's mirror is running
+    try:
+        assert st.prune(repos=frozenset({"app"}), dry_run=True).mirrors == 1
+        assert paths["old"].is_dir()  # a dry run removes nothing
+        report = st.prune(repos=frozenset({"app"}))
+    finally:
+        os.close(held)
+
+    assert report.mirrors == 1 and "1 mirror" in report.summary()
+    assert not paths["old"].exists()
+    assert paths["app"].is_dir() and paths["busy"].is_dir()
+    assert not list(mirrors.glob(".gc-*"))
+    assert st.prune(repos=frozenset({"app"})).mirrors == 1  # busy, now free
+    assert st.prune().mirrors == 0  # the configured repositories unknown: keep them all
+
+
 def test_old_rejected_spool_files_go(st: State):
     rejected = st.root / "spool" / "rejected"
     rejected.mkdir(parents=True)
