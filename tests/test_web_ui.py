@@ -40,8 +40,15 @@ def site(tmp_path_factory):
                     "token_file": str(tmp / "forge-token"),
                 }
             },
+            # The hook alone sees pushes, so each run's trigger is known ("hook").
             "repos": [
-                {"name": "app", "path": str(bare), "forge": "home", "forge_repo": "team/app"}
+                {
+                    "name": "app",
+                    "path": str(bare),
+                    "watch": False,
+                    "forge": "home",
+                    "forge_repo": "team/app",
+                }
             ],
         },
     )
