@@ -6,14 +6,12 @@ values and collaborators from here.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import random
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +34,7 @@ from ciwatch.forgewiring import forge_clients, hook_forges, horizons, repo_forge
 from ciwatch.git import Git
 from ciwatch.hookinstall import default_spool, default_url_file, write_daemon_url
 from ciwatch.intake import Intake
+from ciwatch.logsetup import RecentErrors
 from ciwatch.model import Repo
 from ciwatch.outbox import Outbox
 from ciwatch.recovery import recover
@@ -48,32 +47,12 @@ from ciwatch.sources.barewatch import BareWatch
 from ciwatch.sources.cron import CronSource
 from ciwatch.sources.hookspool import HookSpool
 from ciwatch.sources.poller import Poller, PollTarget
+from ciwatch.statelock import hold_lock
 from ciwatch.store import Store
-from ciwatch.web.server import WebServer
+from ciwatch.web.server import WebServer, split_listen
 from ciwatch.webapp import build_app
 from ciwatch.worker import LEASE_ENV, worker_env
 from ciwatch.workspace import Mirrors
-
-
-class RecentErrors(logging.Handler):
-    """The last warnings and errors, for `ciwatch status`."""
-
-    def __init__(self, keep: int = 30) -> None:
-        super().__init__(logging.WARNING)
-        self.records: deque[dict] = deque(maxlen=keep)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        where = record.name.removeprefix("ciwatch.")
-        self.records.appendleft(
-            {"at": record.created, "where": where, "message": record.getMessage()}
-        )
-
-    def items(self) -> list[dict]:
-        return list(self.records)
-
-
-class AlreadyRunning(CiwatchError):
-    """Another daemon holds the state directory."""
 
 
 @dataclass
@@ -83,32 +62,6 @@ class Wiring:
     config: Config
     base: Path
     repos: dict[str, Repo]
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """ "127.0.0.1:8750" or "[::1]:8750" -> (host, port); port 0 picks a free one."""
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise CiwatchError(f"listen: {listen!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def hold_lock(state_dir: Path) -> int:
-    """An exclusive lock on STATE/daemon.lock for the daemon's life (released by
-    the kernel if it dies), so two daemons never share a state directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise AlreadyRunning(
-            f"another ciwatch daemon (pid {other}) is running on {state_dir}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class Daemon:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import deque
 from collections.abc import Mapping
 
 from ciwatch.masking import Masker
@@ -37,3 +38,20 @@ def setup_logging(
     root.setLevel(level.upper() if isinstance(level, str) else level)
     root.propagate = False
     return handler
+
+
+class RecentErrors(logging.Handler):
+    """The last warnings and errors, for `ciwatch status`."""
+
+    def __init__(self, keep: int = 30) -> None:
+        super().__init__(logging.WARNING)
+        self.records: deque[dict] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        where = record.name.removeprefix("ciwatch.")
+        self.records.appendleft(
+            {"at": record.created, "where": where, "message": record.getMessage()}
+        )
+
+    def items(self) -> list[dict]:
+        return list(self.records)

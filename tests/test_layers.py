@@ -69,6 +69,7 @@ LAYERS = {
     "ciwatch.daemon": COMPOSITION,
     "ciwatch.daemonops": COMPOSITION,
     "ciwatch.webapp": COMPOSITION,
+    "ciwatch.statelock": ADAPTER,
     "ciwatch.faults": COMPOSITION,
     "ciwatch.logsetup": COMPOSITION,
     "ciwatch.forgewiring": COMPOSITION,

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Hierarchy", "enter_leaf", "find", "write_value"]
+__all__ = ["Hierarchy", "enter_leaf", "find", "v1_mounts", "write_value"]
 
 _DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 
@@ -72,6 +72,39 @@ def find(proc: Path = Path("/proc")) -> Hierarchy | None:
         if parent is not None:
             return Hierarchy(2, parent, parent)
     return None
+
+
+def v1_mounts(proc: Path = Path("/proc")) -> dict[str, Path] | None:
+    """The cgroup v1 hierarchies, when every cgroup mount (v1 and v2) shows its
+    hierarchy from the root: controller or ``name=`` option -> mount point
+    (a v2 mount on a hybrid layout as ""). None on a v2-only layout, when a
+    mount shows only part of its hierarchy (a cgroup namespace), or unreadable."""
+    try:
+        mounts = (proc / "self" / "mountinfo").read_text()
+    except OSError:
+        return None
+    found: dict[str, Path] = {}
+    v1 = False
+    for line in mounts.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        fstype = fields[sep + 1]
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        if _unescape(fields[3]) != "/":
+            return None
+        point = Path(_unescape(fields[4]))
+        if fstype == "cgroup2":
+            found[""] = point
+            continue
+        v1 = True
+        superopts = fields[sep + 3] if len(fields) > sep + 3 else ""
+        for opt in superopts.split(","):
+            if opt not in ("rw", "ro"):
+                found[opt] = point
+    return found if v1 else None
 
 
 def _unescape(text: str) -> str:

@@ -37,7 +37,16 @@ from ciwatch.errors import ExecutorError
 from ciwatch.executors.cgroupfs import Hierarchy, enter_leaf, find, write_value
 
 # Hierarchy, find and enter_leaf are re-exported: callers know them from here.
-__all__ = ["Hierarchy", "StepCgroup", "Usage", "create", "enter_leaf", "find"]
+__all__ = [
+    "Hierarchy",
+    "StepCgroup",
+    "Usage",
+    "alive",
+    "create",
+    "enter_leaf",
+    "find",
+    "remove_dir",
+]
 
 PREFIX = "ciwatch-"
 
@@ -134,6 +143,16 @@ def create(hierarchy: Hierarchy, pid: int, start: int = 0) -> StepCgroup:
                 f"cannot create the step's cgroup {exc.filename}: {exc.strerror}"
             ) from exc
         return StepCgroup(hierarchy.version, made.get("memory"), made.get("pids"))
+
+
+def remove_dir(path: Path, timeout: float = 5.0) -> str:
+    """Remove one cgroup without children, killing what is left in it; "" or
+    what went wrong."""
+    return _remove(path, time.monotonic() + timeout, time.sleep)
+
+
+def alive(pid: int) -> bool:
+    return _alive(pid)
 
 
 def _enable_controllers(parent: Path) -> None:

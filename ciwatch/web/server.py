@@ -173,3 +173,11 @@ class WebServer:
             server.force_exit = True
             thread.join(2)
         self._server = self._thread = None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:8750" or "[::1]:8750" -> (host, port); port 0 picks a free one."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CiwatchError(f"listen: {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
