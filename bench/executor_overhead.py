@@ -73,8 +73,17 @@ def run_once(kind: str, repo: Path, work: Path, image: str, engine_args, steps) 
     app = App(config_for(kind, state, image, engine_args), work, state, dict(os.environ))
     runner = app.runner()
     runner.executor = Timed(runner.executor, steps)
-    run = prepare_local_run(app.store, runner.mirrors, repo, ref=None, sha=None, event=None)
-    final = runner.execute(run.id, worker="bench")
+    run, attempt = prepare_local_run(
+        app.store,
+        runner.mirrors,
+        repo,
+        ref=None,
+        sha=None,
+        event=None,
+        worker="bench",
+        lease_seconds=runner.settings.lease_seconds,
+    )
+    final = runner.execute(run.id, worker="bench", attempt=attempt)
     app.close()
     took = time.perf_counter() - t
     assert final.state.value == "success", (kind, final)

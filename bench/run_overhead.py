@@ -84,8 +84,17 @@ def inside_once(repo: Path, state: Path) -> tuple[float, float, float]:
         app = App.load(None, environ={**os.environ, "STATE_DIRECTORY": str(state)})
         app.state_dir = state
         runner = app.runner()
-        run = prepare_local_run(app.store, runner.mirrors, repo, ref=None, sha=None, event=None)
-        final = runner.execute(run.id, worker="bench")
+        run, attempt = prepare_local_run(
+            app.store,
+            runner.mirrors,
+            repo,
+            ref=None,
+            sha=None,
+            event=None,
+            worker="bench",
+            lease_seconds=runner.settings.lease_seconds,
+        )
+        final = runner.execute(run.id, worker="bench", attempt=attempt)
         app.close()
         total = time.perf_counter() - t
         assert final.state.value == "success", final

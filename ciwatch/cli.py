@@ -139,10 +139,18 @@ def run(path, ref, sha, event, steps, pipeline, config_path):
 
     app = _app(config_path)
     observer = ConsoleObserver()
+    worker = f"cli:{os.getpid()}"
     try:
         runner = app.runner(observer, pipeline_path=pipeline)
-        run_ = prepare_local_run(
-            app.store, runner.mirrors, Path(path), ref=ref, sha=sha, event=event
+        run_, attempt = prepare_local_run(
+            app.store,
+            runner.mirrors,
+            Path(path),
+            ref=ref,
+            sha=sha,
+            event=event,
+            worker=worker,
+            lease_seconds=runner.settings.lease_seconds,
         )
     except CiwatchError as exc:
         click.echo(f"ciwatch: {exc}", err=True)
@@ -156,9 +164,10 @@ def run(path, ref, sha, event, steps, pipeline, config_path):
         try:
             box["run"] = runner.execute(
                 run_.id,
-                worker=f"cli:{os.getpid()}",
+                worker=worker,
                 cancel=cancel,
                 only_steps=frozenset(steps) or None,
+                attempt=attempt,
             )
         except BaseException as exc:  # the thread boundary: reported below
             box["error"] = exc

@@ -1,4 +1,4 @@
-"""Turn `ciwatch run PATH [--ref] [--sha] [--event]` into a queued run."""
+"""Turn `ciwatch run PATH [--ref] [--sha] [--event]` into a run claimed by this process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ciwatch.commitinfo import read_commit_info
 from ciwatch.errors import CiwatchError, GitError
-from ciwatch.model import Event, EventKind, Run
+from ciwatch.model import Attempt, Event, EventKind, Run
 from ciwatch.workspace import local_repo_info
 
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -28,8 +28,16 @@ def _kind_for(ref: str) -> EventKind:
 
 
 def prepare_local_run(
-    store, mirrors, path: Path, *, ref: str | None, sha: str | None, event: str | None
-) -> Run:
+    store,
+    mirrors,
+    path: Path,
+    *,
+    ref: str | None,
+    sha: str | None,
+    event: str | None,
+    worker: str,
+    lease_seconds: float,
+) -> tuple[Run, Attempt]:
     url, head_ref, head_sha = local_repo_info(path)
     repo = store.ensure_repo(repo_name_for(path), url)
     mirror = mirrors.mirror(repo.id, url)
@@ -57,13 +65,12 @@ def prepare_local_run(
     ref = ref or head_ref or "HEAD"
     kind = EventKind(event) if event else _kind_for(ref)
     ev = Event(repo=repo.name, kind=kind, ref=ref, sha=sha, source="cli")
-    run, new = store.submit(ev)
-    if not new:  # the same commit again: a new run of the same event
-        run = store.create_run(run.event_id)
+    # Claimed as it is made: a daemon sharing this state never queues it too.
+    run, attempt = store.submit_claimed(ev, worker, lease_seconds)
     try:
         mirror.ensure(sha)  # the runner would fetch it first thing anyway
         info = read_commit_info(mirror, sha)
         store.set_commit_info([(run.id, info.subject, info.author)])
     except CiwatchError:
         pass  # the runner meets the same problem and records it in the run
-    return run
+    return run, attempt

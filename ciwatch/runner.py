@@ -21,7 +21,7 @@ from ciwatch.errors import CiwatchError, GitError, PipelineError, WorkspaceError
 from ciwatch.executors.base import CancelToken, Executor
 from ciwatch.logs import StepLog
 from ciwatch.masking import Masker
-from ciwatch.model import CancelMode, EventKind, Run, RunState, short_ref
+from ciwatch.model import Attempt, CancelMode, EventKind, Run, RunState, short_ref
 from ciwatch.observer import RunObserver
 from ciwatch.pipeline.plan import CompiledPipeline, EventContext, Limits
 from ciwatch.stepgraph import run_graph
@@ -133,13 +133,16 @@ class Runner:
         worker: str,
         cancel: CancelToken | None = None,
         only_steps: frozenset[str] | None = None,
+        attempt: Attempt | None = None,
     ) -> Run:
         """Claim the run, execute one attempt, record the result; returns the final run.
 
-        `only_steps` (from `ciwatch run --step`) skips every other step.
+        `only_steps` (from `ciwatch run --step`) skips every other step. `attempt`:
+        the run was claimed already (`ciwatch run` claims as it creates the run).
         """
         cancel = cancel or CancelToken()
-        attempt = self.store.start_attempt(run_id, worker, self.settings.lease_seconds)
+        if attempt is None:
+            attempt = self.store.start_attempt(run_id, worker, self.settings.lease_seconds)
         if attempt is None:
             raise CiwatchError(f"run {run_id} is not queued (already claimed or finished)")
         self.fault("after-claim")

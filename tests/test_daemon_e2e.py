@@ -398,3 +398,27 @@ def test_a_worker_killed_after_the_run_finished_leaves_the_result_alone(tmp_path
         assert run.state is RunState.SUCCESS and run.attempts == 1
     finally:
         d.stop()
+
+
+def test_ciwatch_run_beside_the_daemon_builds_its_own_run_once(tmp_path):
+    """`ciwatch run` with the daemon's config and state: the CLI runs what it made,
+    the daemon's scheduler does not take it too (both would claim it otherwise)."""
+    bare, work = setup_repo(tmp_path, name="app")
+    d = DaemonProc(tmp_path, {"repos": [{"name": "app", "path": str(bare)}]})
+    d.start()
+    try:
+        for _ in range(4):
+            commit(work, {"n.txt": str(time.monotonic_ns())})
+            out = d.cli("run", str(work), timeout=120)
+            assert out.returncode == 0, out.stdout + out.stderr
+        s = d.store()
+        try:
+            mine = [r for r in s.list_runs(limit=100) if r.source == "cli"]
+            assert len(mine) == 4 and all(r.state is RunState.SUCCESS for r in mine)
+            for r in mine:
+                assert [a.worker.split(":")[0] for a in s.attempts(r.id)] == ["cli"]
+        finally:
+            s.close()
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0, d.log.read_text()[-3000:]

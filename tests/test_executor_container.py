@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -124,7 +125,60 @@ def test_output_is_streamed_while_the_step_runs(box, image):
     assert sink.text == "first\nsecond\n"
     ended = time.monotonic()
     assert ended - sink.first_write >= 0.9, "the first line came only at the end"
-    assert result.cpu_seconds is None and result.max_rss_kib is None  # not measured
+
+
+CGROUPS = Path("/sys/fs/cgroup")
+BURN = "i=0; while [ $i -lt 150000 ]; do i=$((i+1)); done"  # about 0.3 s of CPU
+
+
+def step_cgroups() -> list[Path]:
+    return sorted(CGROUPS.glob("*/ciwatch-ct-*"))
+
+
+def test_cpu_time_and_peak_memory_of_a_container_step(box, image):
+    # The container's start (runc's init, conmon) is counted too: compared with `true`.
+    idle, _, _ = run(box, image, "true")
+    burn, _, _ = run(box, image, BURN)
+    big, _, _ = run(box, image, "head -c 50000000 /dev/zero | tail > /dev/null")
+    assert all(r.state is StepState.SUCCESS for r in (idle, burn, big))
+    assert idle.cpu_seconds is not None and idle.max_rss_kib is not None, "not measured"
+    assert burn.cpu_seconds > 0.2 and burn.cpu_seconds > idle.cpu_seconds + 0.15
+    assert big.max_rss_kib > 40_000 > idle.max_rss_kib
+    assert step_cgroups() == [], "a step's cgroup was left behind"
+
+
+def test_limits_hold_and_are_measured_under_the_step_cgroup(box, image):
+    script = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"
+    result, sink, _ = run(box, image, script, resources=Resources(memory_bytes=32 << 20))
+    assert "memory limit 32 MiB" in result.reason and "survived" not in sink.text
+    assert 20_000 < result.max_rss_kib <= 32 * 1024 + 16 * 1024  # the limit, plus conmon
+    assert step_cgroups() == []
+
+
+def test_no_cgroup_to_make_means_not_measured_not_failed(box, image, tmp_path):
+    nowhere = {"cpuacct": tmp_path / "none", "memory": tmp_path / "none"}
+    for mounts in (None, {}, nowhere):
+        ex_kw = {"cgroup_mounts": lambda m=mounts: m}
+        result, sink, _ = run(box, image, "echo ran", ex_kw=ex_kw)
+        assert result.state is StepState.SUCCESS and sink.text == "ran\n"
+        assert (result.cpu_seconds, result.max_rss_kib) == (None, None)
+
+
+def test_step_cgroups_of_a_dead_ciwatch_are_removed(box, image):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = [CGROUPS / c / f"ciwatch-ct-{gone.pid}-0" for c in ("cpuacct", "memory", "pids")]
+    for path in left:
+        (path / "conmon").mkdir(parents=True)
+    try:
+        result, _, _ = run(box, image, "true")
+        assert result.state is StepState.SUCCESS
+        assert [p for p in left if p.exists()] == []
+    finally:
+        for path in left:
+            for d in (path / "conmon", path):
+                if d.exists():
+                    d.rmdir()
 
 
 def test_timeout_stops_the_step_and_leaves_no_container(box, image):

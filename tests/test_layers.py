@@ -49,6 +49,7 @@ LAYERS = {
     "ciwatch.executors.": ADAPTER,
     "ciwatch.executors.cgroups": ADAPTER,
     "ciwatch.executors.cgroupfs": ADAPTER,
+    "ciwatch.executors.containercgroup": ADAPTER,
     "ciwatch.executors.launch": ADAPTER,
     "ciwatch.executors.limits": ADAPTER,
     "ciwatch.executors.stepstart": ADAPTER,

@@ -537,3 +537,15 @@ def test_webhook_deliveries_are_recorded_once(db_path: Path, clock: Clock) -> No
     assert s.delivery_seen("gh", "abc-1") and not s.delivery_seen("gitea", "abc-1")
     assert s.record_delivery("gh", "abc-1") is False  # a replay
     s.close()
+
+
+def test_a_run_submitted_claimed_is_never_seen_queued(store: Store):
+    """`ciwatch run` beside a daemon: the run it makes is the CLI's from the start, so
+    the daemon's scheduler cannot resolve or dispatch it as well."""
+    first, _ = store.submit(push())  # the daemon built this commit once already
+    run, attempt = store.submit_claimed(push(source="cli"), "cli:1", 60.0)
+    assert run.id != first.id and run.event_id == first.event_id  # the same event, a new run
+    assert run.state is RunState.RUNNING and attempt.worker == "cli:1" and attempt.number == 1
+    assert [r.id for r in store.unresolved_runs()] == [first.id]
+    assert run.id not in [q.id for q in store.dispatch_queue()]
+    assert store.start_attempt(run.id, "daemon-worker", 60.0) is None  # taken already

@@ -20,8 +20,12 @@ died are removed by ``engine.remove_leftovers``.
 Exit codes: a shell killed by a signal shows as 128+N (as under the sandbox).
 A step killed for exceeding its memory limit says so; engines that do not
 report the OOM kill (podman on cgroup v1 hybrid hosts) get "killed by signal
-SIGKILL" with the limit named as the likely cause. CPU time and peak memory
-are not measured: the container's cgroup goes away with it (None).
+SIGKILL" with the limit named as the likely cause.
+
+CPU time and peak memory: podman with the cgroupfs manager on cgroup v1, as
+root, runs each container below a parent cgroup ciwatch makes for the step and
+reads after the container is gone (see ``containercgroup``). Elsewhere they
+are not measured (None); accounting never fails a step.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ciwatch.errors import ExecutorError
-from ciwatch.executors import containerspec
+from ciwatch.executors import containercgroup, containerspec
 from ciwatch.executors.base import CancelToken, LogSink, StepSpec
+from ciwatch.executors.cgroupfs import v1_mounts
 from ciwatch.executors.containerresult import Progress, Verdict, cannot_start, verdict
 from ciwatch.executors.engine import Engine, find_engine, owner_of, remove_leftovers, scope_of
 from ciwatch.executors.images import Images
@@ -56,7 +62,8 @@ class ContainerExecutor:
     `pull_timeout` seconds per pull; `scope` the state directory (see
     ``engine``); `engine_env` the engine client's environment (None:
     ciwatch's). `token` names containers uniquely; `owner` is the owner label
-    (default: this process).
+    (default: this process). `cgroup_mounts` finds the cgroup v1 hierarchies
+    for CPU and memory accounting (see ``containercgroup``).
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class ContainerExecutor:
         drain: float = 1.0,
         kill_wait: float = 5.0,
         read_size: int = 256 * 1024,
+        cgroup_mounts: Callable[[], Mapping[str, Path] | None] = v1_mounts,
     ) -> None:
         self._images = Images(image, pull, pull_timeout, monotonic)
         self._engine_name = engine
@@ -95,6 +103,8 @@ class ContainerExecutor:
         self._read_size = read_size
         self._lock = threading.Lock()
         self._engine: Engine | None = None
+        self._cgroup_mounts = cgroup_mounts
+        self._accounting: Mapping[str, Path] | None | bool = False  # False: not looked yet
 
     @property
     def engine(self) -> Engine:
@@ -131,12 +141,14 @@ class ContainerExecutor:
         token = self._token()
         name = containerspec.container_name(spec.env, spec.step.index, token)
         files = None
+        parent = self._parent(engine, token)
         try:
             files = containerspec.write_files(spec, token)
-            proc = self._start(engine, spec, name, image, files)
+            proc = self._start(engine, spec, name, image, files, parent)
         except (ExecutorError, OSError) as exc:
             if files is not None:
                 files.remove()
+            containercgroup.finish(parent, sink)
             return self._result(cannot_start(_describe(exc)), sink, started)
         state = None
         try:
@@ -155,13 +167,39 @@ class ContainerExecutor:
             if problem:
                 sink.note(f"could not remove container {name}: {problem}")
             files.remove()
+            used = containercgroup.finish(parent, sink)
         reason = cancel.reason or "canceled"
         v = verdict(
             p, state, spec.step, spec.grace, image=image, engine=engine.name, cancel_reason=reason
         )
-        return self._result(v, sink, started)
+        result = self._result(v, sink, started)
+        peak = used.peak_bytes
+        return replace(
+            result,
+            cpu_seconds=used.cpu_seconds,
+            max_rss_kib=math.ceil(peak / 1024) if peak else None,
+        )
 
-    def _start(self, engine, spec: StepSpec, name: str, image: str, files) -> subprocess.Popen:
+    # -- accounting ----------------------------------------------------------
+
+    def _parent(self, engine: Engine, token: str) -> containercgroup.ParentCgroup | None:
+        """The step's parent cgroup, or None where there is none to make."""
+        with self._lock:
+            if self._accounting is False:
+                self._accounting = containercgroup.where(
+                    engine, self._engine_args, self._cgroup_mounts
+                )
+            mounts = self._accounting
+        if not mounts:
+            return None
+        try:
+            return containercgroup.make(mounts, os.getpid(), token)
+        except ExecutorError:
+            return None  # not measured; the step runs as it would without
+
+    def _start(
+        self, engine, spec: StepSpec, name: str, image: str, files, parent
+    ) -> subprocess.Popen:
         request = containerspec.run_request(
             engine,
             spec,
@@ -173,6 +211,7 @@ class ContainerExecutor:
             scope=self._scope,
             owner=self._owner,
             resources=spec.step.resources,
+            cgroup_parent=None if parent is None else parent.argument,
         )
         return subprocess.Popen(
             request.argv,

@@ -18,12 +18,14 @@ writable cgroup) there is no parent, and nothing is measured.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ciwatch.errors import ExecutorError
+from ciwatch.executors.base import LogSink
 from ciwatch.executors.cgroups import alive, remove_dir
+from ciwatch.executors.engine import Engine
 
 PREFIX = "ciwatch-ct-"
 _NEEDED = ("cpuacct", "memory")
@@ -59,6 +61,34 @@ class ParentCgroup:
         for point in dict.fromkeys(self._mounts.values()):
             problem = problem or _remove_tree(point / self.name)
         return problem
+
+
+def where(
+    engine: Engine,
+    engine_args: Sequence[str],
+    find: Callable[[], Mapping[str, Path] | None],
+) -> Mapping[str, Path] | None:
+    """The hierarchies step parents are made in, or None when there are none
+    to make (see the module doc). Asks the engine once: call once per engine."""
+    if any(a.startswith("--cgroup") for a in engine_args):
+        return None  # the configuration decides where containers go
+    try:
+        if engine.cgroups() != ("cgroupfs", "v1"):
+            return None
+    except ExecutorError:
+        return None
+    return find()
+
+
+def finish(parent: ParentCgroup | None, sink: LogSink) -> Accounting:
+    """What the step used; removes its parent (a problem becomes a note)."""
+    if parent is None:
+        return Accounting(None, None)
+    used = parent.usage()
+    problem = parent.remove()
+    if problem:
+        sink.note(problem)
+    return used
 
 
 def make(mounts: Mapping[str, Path] | None, pid: int, token: str) -> ParentCgroup:

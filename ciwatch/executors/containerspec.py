@@ -155,9 +155,12 @@ def run_request(
     scope: str,
     owner: str,
     resources: Resources | None,
+    cgroup_parent: str | None = None,
 ) -> RunRequest:
     """The full `run` argv and the client environment it needs."""
     argv = [engine.program, "run", "--name", name, "--init", "--pull", "never"]
+    if cgroup_parent is not None:
+        argv += ["--cgroup-parent", cgroup_parent]  # see containercgroup
     argv += labels(spec.env, spec.step.index, scope, owner)
     if engine.name == "podman":
         # Straight to our pipe, not through a log file; no image or engine

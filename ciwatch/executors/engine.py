@@ -125,6 +125,15 @@ class Engine:
             return ""
         return said or f"exit {done.returncode}"
 
+    def cgroups(self) -> tuple[str, str] | None:
+        """podman's (cgroup manager, cgroup version), e.g. ("cgroupfs", "v1");
+        None for docker or when podman does not say."""
+        if self.name != "podman":
+            return None
+        done = self.call("info", "--format", "{{.Host.CgroupManager}} {{.Host.CgroupsVersion}}")
+        words = done.stdout.decode(errors="replace").split()
+        return (words[0], words[1]) if done.returncode == 0 and len(words) == 2 else None
+
     def state(self, name: str) -> ContainerState | None:
         """The container's state; None when the engine has no such container."""
         fmt = "{{.State.Status}}|{{.State.ExitCode}}|{{.State.OOMKilled}}|{{.State.StartedAt}}"

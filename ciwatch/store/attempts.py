@@ -41,40 +41,46 @@ class AttemptsMixin:
         if lease_seconds <= 0:
             raise StoreError("lease_seconds must be positive")
         with self._db.write() as c:
-            now = self._clock()
-            run = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if run is None:
-                raise NotFoundError(f"no run {run_id}")
-            if run["state"] == _RUNNING:
-                lost = c.execute(
-                    """UPDATE attempts SET state = ?, finished_at = ?, reason = ?
-                       WHERE run_id = ? AND state = ? AND lease_until < ?""",
-                    (
-                        RunState.ERROR.value,
-                        now,
-                        "worker lost: lease expired",
-                        run_id,
-                        _RUNNING,
-                        now,
-                    ),
-                )
-                if lost.rowcount == 0:
-                    return None
-            elif run["state"] != _QUEUED:
-                return None
-            c.execute(
-                """UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?)
-                   WHERE id = ?""",
-                (_RUNNING, now, run_id),
+            return self._claim(c, run_id, worker, lease_seconds)
+
+    def _claim(
+        self, c: sqlite3.Connection, run_id: int, worker: str, lease_seconds: float
+    ) -> Attempt | None:
+        """start_attempt inside the caller's write transaction."""
+        now = self._clock()
+        run = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise NotFoundError(f"no run {run_id}")
+        if run["state"] == _RUNNING:
+            lost = c.execute(
+                """UPDATE attempts SET state = ?, finished_at = ?, reason = ?
+                   WHERE run_id = ? AND state = ? AND lease_until < ?""",
+                (
+                    RunState.ERROR.value,
+                    now,
+                    "worker lost: lease expired",
+                    run_id,
+                    _RUNNING,
+                    now,
+                ),
             )
-            row = c.execute(
-                """INSERT INTO attempts (run_id, number, state, worker, started_at, lease_until)
-                   VALUES (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts
-                               WHERE run_id = ?), ?, ?, ?, ?)
-                   RETURNING *""",
-                (run_id, run_id, _RUNNING, worker, now, now + lease_seconds),
-            ).fetchone()
-            return to_attempt(row)
+            if lost.rowcount == 0:
+                return None
+        elif run["state"] != _QUEUED:
+            return None
+        c.execute(
+            """UPDATE runs SET state = ?, started_at = COALESCE(started_at, ?)
+               WHERE id = ?""",
+            (_RUNNING, now, run_id),
+        )
+        row = c.execute(
+            """INSERT INTO attempts (run_id, number, state, worker, started_at, lease_until)
+               VALUES (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts
+                           WHERE run_id = ?), ?, ?, ?, ?)
+               RETURNING *""",
+            (run_id, run_id, _RUNNING, worker, now, now + lease_seconds),
+        ).fetchone()
+        return to_attempt(row)
 
     def renew_lease(self, attempt_id: int, lease_seconds: float) -> bool:
         """Extend the lease. False once the attempt is no longer the run's current

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ciwatch.errors import NotFoundError
-from ciwatch.model import Event, Repo, Run, RunState, ref_bytes
+from ciwatch.errors import NotFoundError, StoreError
+from ciwatch.model import Attempt, Event, Repo, Run, RunState, ref_bytes
 from ciwatch.store.attempts import AttemptsMixin
 from ciwatch.store.database import Database
 from ciwatch.store.deliveries import DeliveriesMixin
@@ -132,6 +132,22 @@ class Store(
                 "SELECT id FROM runs WHERE event_id = ? ORDER BY id DESC LIMIT 1", (event_id,)
             ).fetchone()
             return (fetch_run(c, row["id"]) if row else None), False
+
+    def submit_claimed(
+        self, event: Event, worker: str, lease_seconds: float
+    ) -> tuple[Run, Attempt]:
+        """A new run of `event` (stored, or found again) already claimed by
+        `worker`, in one transaction: a daemon on the same store never sees it
+        queued, so `ciwatch run` and the daemon's scheduler cannot both take it."""
+        if lease_seconds <= 0:
+            raise StoreError("lease_seconds must be positive")
+        with self._db.write() as c:
+            event_id, _ = self._record_event(c, event)
+            run_id = self._create_run(c, event_id)
+            attempt = self._claim(c, run_id, worker, lease_seconds)
+            if attempt is None:  # a run made in this transaction is queued: cannot be
+                raise StoreError(f"run {run_id} could not be claimed right after it was made")
+            return fetch_run(c, run_id), attempt
 
     def get_event(self, event_id: int) -> Event:
         with self._db.read() as c:
