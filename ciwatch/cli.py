@@ -193,10 +193,25 @@ def run(path, ref, sha, event, steps, pipeline, config_path):
 
 @main.command()
 @click.argument("file", default=".ciwatch.yml", type=click.Path(dir_okay=False))
-def lint(file):
-    """Check a pipeline file and list every problem as file:line:col: field: message."""
+@config_option
+def lint(file, config_path):
+    """Check a pipeline file and list every problem as file:line:col: field: message.
+
+    With a config (-c or $CIWATCH_CONFIG), its limits apply as the daemon's do:
+    timeouts and resources over the operator's maxima are warned about."""
     from ciwatch import pipeline
-    from ciwatch.pipeline.plan import Severity
+    from ciwatch.config import read_config
+    from ciwatch.diskspace import human_size
+    from ciwatch.pipeline.plan import Limits, Severity
+
+    limits, max_bytes = Limits(), 1 << 20
+    if config_path:
+        try:
+            config, _ = read_config(Path(config_path))
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+        limits, max_bytes = config.limits.pipeline_limits(), config.limits.pipeline_max_bytes
 
     p = Path(file)
     if p.is_symlink():
@@ -208,16 +223,18 @@ def lint(file):
         sys.exit(EXIT_FAILED)
     try:
         size = p.stat().st_size
-        if size > 1 << 20:
+        if size > max_bytes:
             click.echo(
-                f"{file}: {size / 1e6:.1f} MB is over the 1 MiB limit for a pipeline file", err=True
+                f"{file}: {size / 1e6:.1f} MB is over the {human_size(max_bytes)} limit for a"
+                " pipeline file",
+                err=True,
             )
             sys.exit(EXIT_FAILED)
         data = p.read_bytes()
     except OSError as exc:
         click.echo(f"{file}: cannot read: {exc.strerror}", err=True)
         sys.exit(EXIT_USAGE)
-    diags = pipeline.lint(data, file)
+    diags = pipeline.lint(data, file, limits, max_bytes=max_bytes)
     for d in diags:
         click.echo(str(d))
     errors = sum(d.severity is Severity.ERROR for d in diags)

@@ -107,6 +107,24 @@ def test_invalid_pipeline_exit_3_with_every_problem_positioned(tmp_path, repo):
     assert lint.returncode == 1 and ".ciwatch.yml:4:5" in lint.stdout
 
 
+def test_lint_with_the_config_warns_of_asks_over_the_operators_maxima(tmp_path):
+    pipe = tmp_path / ".ciwatch.yml"
+    pipe.write_text("steps:\n  - run: make\n    resources: {memory: 8G}\n    timeout: 9h\n")
+    cfg = tmp_path / "ciwatch.yaml"
+    cfg.write_text("limits:\n  max_timeout: 1h\n  step: {memory: 2G}\n")
+    plain = ciwatch(tmp_path, "lint", str(pipe))
+    assert plain.returncode == 0 and "memory" not in plain.stdout, plain.stdout
+    out = ciwatch(tmp_path, "lint", str(pipe), "-c", str(cfg))
+    assert out.returncode == 0, out.stdout + out.stderr  # warnings, not errors
+    lines = out.stdout.splitlines()
+    assert any(".ciwatch.yml:3:" in ln and "warning" in ln and "2 GiB" in ln for ln in lines), lines
+    assert any(".ciwatch.yml:4:" in ln and "warning" in ln for ln in lines), lines
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits: {step: {memory: lots}}\n")
+    refused = ciwatch(tmp_path, "lint", str(pipe), "-c", str(bad))
+    assert refused.returncode == 2 and "bad.yaml" in refused.stderr, refused.stderr
+
+
 def test_missing_pipeline_file_is_an_error_not_a_crash(tmp_path, repo):
     make_repo(repo, {"README": "no pipeline here\n"})
     out = ciwatch(tmp_path, "run", str(repo))
