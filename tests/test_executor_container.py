@@ -132,7 +132,8 @@ BURN = "i=0; while [ $i -lt 150000 ]; do i=$((i+1)); done"  # about 0.3 s of CPU
 
 
 def step_cgroups() -> list[Path]:
-    return sorted(CGROUPS.glob("*/ciwatch-ct-*"))
+    """This process's container step cgroups (other test processes run steps too)."""
+    return sorted(CGROUPS.glob(f"*/ciwatch-ct-{os.getpid()}-*"))
 
 
 def test_cpu_time_and_peak_memory_of_a_container_step(box, image):
@@ -210,12 +211,16 @@ def test_idle_timeout(box, image):
 
 def test_cancel_stops_the_container(box, image):
     cancel = CancelToken()
-    timer = threading.Timer(1.0, cancel.cancel, args=("superseded by app#9",))
-    timer.start()
-    try:
-        result, _, took = run(box, image, "echo running; sleep 30", cancel=cancel)
-    finally:
-        timer.cancel()
+
+    class CancelOnOutput(Sink):
+        def write(self, data: bytes) -> None:  # the shell runs: cancel now
+            super().write(data)
+            cancel.cancel("superseded by app#9")
+
+    ex = executor(box, image)
+    start = time.monotonic()
+    result = ex.run(spec_for(box, "echo running; sleep 30"), CancelOnOutput(), cancel)
+    took = time.monotonic() - start
     assert (result.state, result.failure) == (StepState.CANCELED, FailureKind.CANCELED)
     assert result.reason == "superseded by app#9 (SIGTERM)"
     assert took < 6
