@@ -71,6 +71,7 @@ LAYERS = {
     "ciwatch.daemonops": COMPOSITION,
     "ciwatch.webapp": COMPOSITION,
     "ciwatch.statelock": ADAPTER,
+    "ciwatch.executors.containerwatch": ADAPTER,
     "ciwatch.faults": COMPOSITION,
     "ciwatch.logsetup": COMPOSITION,
     "ciwatch.forgewiring": COMPOSITION,

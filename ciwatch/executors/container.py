@@ -33,8 +33,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import select
-import signal
 import subprocess
 import threading
 import time
@@ -46,10 +44,10 @@ from ciwatch.errors import ExecutorError
 from ciwatch.executors import containercgroup, containerspec
 from ciwatch.executors.base import CancelToken, LogSink, StepSpec
 from ciwatch.executors.cgroupfs import v1_mounts
-from ciwatch.executors.containerresult import Progress, Verdict, cannot_start, verdict
+from ciwatch.executors.containerresult import Verdict, cannot_start, verdict
+from ciwatch.executors.containerwatch import Watcher, end_client
 from ciwatch.executors.engine import Engine, find_engine, owner_of, remove_leftovers, scope_of
 from ciwatch.executors.images import Images
-from ciwatch.executors.process import format_duration, stop_reason
 from ciwatch.model import FailureKind, StepResult, StepState
 
 
@@ -95,12 +93,8 @@ class ContainerExecutor:
         self._scope = scope_of(scope) if scope else "none"
         self._owner = owner or owner_of(os.getpid())
         self._clock = clock
-        self._mono = monotonic
         self._token = token
-        self._poll = poll
-        self._drain = drain
-        self._kill_wait = kill_wait
-        self._read_size = read_size
+        self._watcher = Watcher(monotonic, poll, drain, kill_wait, read_size)
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._cgroup_mounts = cgroup_mounts
@@ -152,14 +146,14 @@ class ContainerExecutor:
             return self._result(cannot_start(_describe(exc)), sink, started)
         state = None
         try:
-            p = self._watch(proc, engine, name, spec, sink, cancel)
+            p = self._watcher.watch(proc, engine, name, spec, sink, cancel)
             if p.ambiguous:
                 try:
                     state = engine.state(name)
                 except ExecutorError as exc:
                     sink.note(f"could not read the state of container {name}: {exc}")
         finally:
-            _end_client(proc)
+            end_client(proc)
             try:
                 problem = engine.remove(name)
             except ExecutorError as exc:
@@ -222,88 +216,6 @@ class ContainerExecutor:
             start_new_session=True,  # a Ctrl-C in ciwatch's terminal is ciwatch's to handle
         )
 
-    # -- while it runs -------------------------------------------------------
-
-    def _watch(self, proc, engine, name, spec: StepSpec, sink, cancel) -> Progress:
-        p = Progress()
-        step = spec.step
-        mono = self._mono
-        start = last_out = mono()
-        idle = step.idle_timeout
-        term_at = kill_at = exited_at = None
-        fd = proc.stdout.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        out_open = True
-        while True:
-            now = mono()
-            wait = self._poll
-            if p.rc is not None:
-                wait = exited_at + self._drain - now
-            elif p.stop is None:
-                wait = min(wait, start + step.timeout - now)
-                if idle is not None:
-                    wait = min(wait, last_out + idle - now)
-            elif kill_at is None:
-                wait = min(wait, term_at + spec.grace - now)
-            if out_open:
-                for _, _ in poller.poll(max(0, math.ceil(wait * 1000))):
-                    data = os.read(fd, self._read_size)
-                    if not data:
-                        out_open = False
-                        poller.unregister(fd)
-                        break
-                    sink.write(data)
-                    p.saw(data)
-                    last_out = mono()
-            elif p.rc is None:
-                try:
-                    proc.wait(timeout=max(0.0, wait))
-                except subprocess.TimeoutExpired:
-                    pass
-            if p.rc is None and proc.poll() is not None:
-                p.rc = proc.returncode
-                exited_at = mono()
-            now = mono()
-            if p.rc is not None:
-                if not out_open:
-                    break
-                if now >= exited_at + self._drain:
-                    sink.note(
-                        "the step's output pipe is still open after its container ended "
-                        f"(held outside the step?); stopped reading after {self._drain:g}s"
-                    )
-                    break
-                continue
-            if p.stop is None:
-                p.stop, what = stop_reason(cancel, now - start, step.timeout, now - last_out, idle)
-                if p.stop is not None:
-                    sink.note(f"{what}: sending SIGTERM to the step's processes")
-                    self._signal(engine, name, proc, "TERM", sink)
-                    term_at = mono()
-            elif kill_at is None and now >= term_at + spec.grace:
-                sink.note(
-                    f"still running {format_duration(spec.grace)} after SIGTERM: sending SIGKILL"
-                )
-                self._signal(engine, name, proc, "KILL", sink)
-                kill_at = mono()
-                p.kill_sent = True
-            elif kill_at is not None and now >= kill_at + self._kill_wait:
-                sink.note("the step's container did not end after SIGKILL; not waiting")
-                break
-        return p
-
-    def _signal(self, engine: Engine, name: str, proc, sig: str, sink) -> None:
-        try:
-            if engine.kill(name, sig, timeout=self._kill_wait):
-                return
-        except ExecutorError as exc:
-            sink.note(f"could not signal container {name}: {exc}")
-        if proc.poll() is None:
-            # No container yet (still being created): the client passes the
-            # signal on once it has one, or gives up.
-            _signal_group(proc, signal.SIGKILL if sig == "KILL" else signal.SIGTERM)
-
     # -- after it ------------------------------------------------------------
 
     def _result(self, v: Verdict, sink: LogSink, started: float) -> StepResult:
@@ -317,25 +229,6 @@ class ContainerExecutor:
             started_at=started,
             finished_at=self._clock(),
         )
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except OSError:
-        pass  # already gone
-
-
-def _end_client(proc: subprocess.Popen) -> None:
-    """Make sure the engine client is gone and reaped, and its pipe closed."""
-    if proc.poll() is None:
-        _signal_group(proc, signal.SIGKILL)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def _describe(exc: Exception) -> str:
