@@ -242,25 +242,37 @@ class Retention:
 
     def _caches(self, t: _Tally, start: float) -> None:
         root = self.state / "cache"
+        # Skipped while a run holds one of the repository's slot locks.
+        locked = lambda rid, path: cache_locks(path)  # noqa: E731
+        self._repo_dirs(t, start, root, numbered_dirs(root), locked, "caches", "cached checkouts")
+
+    def _mirrors(self, t: _Tally, start: float) -> None:
+        root = self.state / "mirrors"
+        # Skipped while a fetch into the mirror holds its lock.
+        locked = lambda rid, path: free_lock(root / f"{rid}.lock")  # noqa: E731
+        self._repo_dirs(t, start, root, mirror_dirs(root), locked, "mirrors", "mirror")
+
+    def _repo_dirs(self, t: _Tally, start: float, root: Path, dirs, locked, kind, what) -> None:
+        """Remove the per-repository `dirs` under `root` of repositories gone
+        from the config, each while `locked(repo_id, path)` is free, moved
+        aside first so that a repository added back starts afresh."""
         for path in old_entries(root, prefix=".gc-"):  # a removal cut short
             self._remove_all(t, [path], "leftover of an earlier pass")
         last = self.store.last_run_times()
-        for repo_id, path in numbered_dirs(root):
+        for repo_id, path in dirs:
             said = self._gone(repo_id, start, last)
             if said is None:
                 continue
-            rel = path.relative_to(self.state)
-            with cache_locks(path) as free:
+            with locked(repo_id, path) as free:
                 if not free:
-                    continue  # a run is using one of its checkouts right now
+                    continue
                 try:
                     target = path if self.dry_run else park(path)
                 except OSError as exc:
                     t.problems.append(f"{path}: cannot move it aside: {exc.strerror or exc}")
                     continue
-            self._remove_one(
-                t, target, "caches", f"cached checkouts {rel} ({said} is not configured)"
-            )
+            rel = path.relative_to(self.state)
+            self._remove_one(t, target, kind, f"{what} {rel} ({said} is not configured)")
 
     def _gone(self, repo_id: int, start: float, last: dict[int, float]) -> str | None:
         """The name of a repository no longer configured and quiet for
@@ -272,26 +284,6 @@ class Retention:
             if last.get(repo_id, 0.0) >= start - self.policy.workspace_days * DAY:
                 return None
         return repo.name if repo else f"repository {repo_id}"
-
-    def _mirrors(self, t: _Tally, start: float) -> None:
-        root = self.state / "mirrors"
-        for path in old_entries(root, prefix=".gc-"):  # a removal cut short
-            self._remove_all(t, [path], "leftover of an earlier pass")
-        last = self.store.last_run_times()
-        for repo_id, path in mirror_dirs(root):
-            said = self._gone(repo_id, start, last)
-            if said is None:
-                continue
-            with free_lock(root / f"{repo_id}.lock") as free:
-                if not free:
-                    continue  # a fetch into it is running
-                try:
-                    target = path if self.dry_run else park(path)
-                except OSError as exc:
-                    t.problems.append(f"{path}: cannot move it aside: {exc.strerror or exc}")
-                    continue
-            rel = path.relative_to(self.state)
-            self._remove_one(t, target, "mirrors", f"mirror {rel} ({said} is not configured)")
 
     # -- 6. rejected spool files -----------------------------------------------
 
